@@ -1,0 +1,1 @@
+"""Subcommands of ``tappa-local``; each module exposes ``register(subparsers)``."""
