@@ -40,6 +40,7 @@ class KeySpec:
     meaning: str
     required: bool = False
     native: bool = False  # read by the native patch at model load
+    since: int = 1  # schema version that introduced the key
 
 
 # ---- identity and validation
@@ -69,6 +70,7 @@ BUDGET_TOTAL = "tappa.budget.total"
 BUDGET_WINDOW = "tappa.budget.window"
 BUDGET_N_SINK = "tappa.budget.n_sink"
 BUDGET_ALLOCATION = "tappa.budget.allocation"
+BUDGET_SCORER = "tappa.budget.scorer"
 # ---- Expected-Attention query statistics
 QSTATS_MEAN = "tappa.qstats.mean"
 QSTATS_VAR = "tappa.qstats.var"
@@ -83,6 +85,9 @@ PROV_N_TOKENS = "tappa.provenance.n_tokens"
 PROV_SEQ_LEN = "tappa.provenance.seq_len"
 PROV_VERSIONS = "tappa.provenance.versions"
 PROV_CREATED = "tappa.provenance.created"
+# ---- the checkpoint a GGUF was converted from (written by tappa-convert, kept across re-annotation)
+SOURCE_WEIGHTS_SHA256 = "tappa.source.weights_sha256"
+SOURCE_TOKENIZER_SHA256 = "tappa.source.tokenizer_sha256"
 
 KEYS: tuple[KeySpec, ...] = (
     KeySpec(VERSION, Kind.U32, "scalar", "schema version; readers refuse versions they do not know", True, True),
@@ -108,6 +113,7 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(BUDGET_WINDOW, Kind.U32, "scalar", "default recent window W that every layer always keeps", False, True),
     KeySpec(BUDGET_N_SINK, Kind.U32, "scalar", "default number of sink tokens every layer always keeps", False, True),
     KeySpec(BUDGET_ALLOCATION, Kind.STR, "scalar", "allocation that produced layer_frac: `tappa`, `uniform` or `pyramid`", True),
+    KeySpec(BUDGET_SCORER, Kind.STR, "scalar", "default eviction scorer: `snapkv`, `cake`, `expected_attention` or `sink_recent`"),
     KeySpec(QSTATS_MEAN, Kind.ARR_F32, "[L*H*D]", "mean of pre-RoPE queries (after q-norm if the model has one)", False, True),
     KeySpec(QSTATS_VAR, Kind.ARR_F32, "[L*H*D]", "variance of pre-RoPE queries, tied across each RoPE pair", False, True),
     KeySpec(QSTATS_N_SINK_SKIPPED, Kind.U32, "scalar", "leading tokens of each sample excluded from the query statistics"),
@@ -120,6 +126,8 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec(PROV_SEQ_LEN, Kind.U32, "scalar", "calibration sequence length", True),
     KeySpec(PROV_VERSIONS, Kind.STR, "scalar", "JSON object: tappa-local, torch, transformers versions", True),
     KeySpec(PROV_CREATED, Kind.STR, "scalar", "UTC timestamp of the calibration (ISO 8601)"),
+    KeySpec(SOURCE_WEIGHTS_SHA256, Kind.STR, "scalar", "sha256 over the weight files of the checkpoint this GGUF was converted from (same manifest as provenance); a profile whose provenance differs is refused"),
+    KeySpec(SOURCE_TOKENIZER_SHA256, Kind.STR, "scalar", "sha256 over the tokenizer files of the checkpoint this GGUF was converted from"),
 )
 
 KEY_BY_NAME: dict[str, KeySpec] = {k.name: k for k in KEYS}
@@ -128,10 +136,10 @@ PER_LAYER_KEYS: tuple[str, ...] = tuple(k.name for k in KEYS if k.shape == "[L]"
 
 def markdown_table() -> str:
     """The schema as a Markdown table (pasted into the README)."""
-    rows = ["| key | type | shape | meaning | required | read by native |", "|---|---|---|---|---|---|"]
+    rows = ["| key | type | shape | meaning | required | read by native | since |", "|---|---|---|---|---|---|---|"]
     for k in KEYS:
         rows.append(
-            f"| `{k.name}` | {k.kind.value} | {k.shape} | {k.meaning} | {'yes' if k.required else ''} | {'yes' if k.native else ''} |"
+            f"| `{k.name}` | {k.kind.value} | {k.shape} | {k.meaning} | {'yes' if k.required else ''} | {'yes' if k.native else ''} | v{k.since} |"
         )
     return "\n".join(rows)
 
