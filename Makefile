@@ -49,6 +49,7 @@ native: configure
 $(VENV)/.tappa-deps: pyproject.toml | configure
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	CMAKE_ARGS="-DLLAMA_BUILD=OFF -DLLAVA_BUILD=OFF" $(PY) -m pip install -q --disable-pip-version-check "$(SDIST)"
+	$(PY) -m pip install -q --disable-pip-version-check ./$(BUILD)/llama.cpp/gguf-py
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 

@@ -31,10 +31,16 @@ class AllocationKind(IntEnum):
     PYRAMID = 2
     TAPPA = 3
     EXPLICIT = 4
+    CAKE = 5
+    TAPPA_CAKE = 6
+    TAPPA_LIVE = 7
 
 
 class ScorerKind(IntEnum):
     SINK_RECENT = 0
+    SNAPKV = 1
+    CAKE = 2
+    EXPECTED = 3
 
 
 class TappaParams(ctypes.Structure):
@@ -50,6 +56,15 @@ class TappaParams(ctypes.Structure):
         ("pyramid_beta", ctypes.c_float),
         ("layer_budgets", ctypes.POINTER(c_int32)),
         ("n_layer_budgets", c_int32),
+        ("headwise", c_int32),
+        ("pool_kernel", c_int32),
+        ("cake_gamma", ctypes.c_float),
+        ("cake_tau1", ctypes.c_float),
+        ("cake_tau2", ctypes.c_float),
+        ("cake_alpha", ctypes.c_float),
+        ("qsim_prior_weight", ctypes.c_float),
+        ("ea_horizon", c_int32),
+        ("ea_value_norm", c_int32),
     ]
 
 
@@ -65,6 +80,16 @@ class LayerStats(ctypes.Structure):
     ]
 
 
+class EvictionStats(ctypes.Structure):
+    _fields_ = [
+        ("n_evictions", c_int32),
+        ("score_us", c_int64),
+        ("select_us", c_int64),
+        ("compact_us", c_int64),
+        ("realloc_us", c_int64),
+    ]
+
+
 # name -> (argtypes, restype)
 PROTOTYPES: dict[str, tuple[list[object], object]] = {
     "llama_tappa_version": ([], ctypes.c_char_p),
@@ -75,11 +100,13 @@ PROTOTYPES: dict[str, tuple[list[object], object]] = {
     "llama_tappa_set_next_params": ([ctypes.POINTER(TappaParams)], c_int32),
     "llama_tappa_model_set_params": ([c_void_p, ctypes.POINTER(TappaParams)], c_int32),
     "llama_tappa_model_has_profile": ([c_void_p], c_int32),
+    "llama_tappa_split_budget": ([ctypes.POINTER(ctypes.c_float), c_int32, c_int32, c_int32, c_int32, c_int32, c_int32, ctypes.POINTER(c_int32)], c_int32),
     "llama_tappa_model_budgets": ([c_void_p, ctypes.POINTER(TappaParams), ctypes.c_uint32, ctypes.POINTER(c_int32), c_int32], c_int32),
     "llama_tappa_enabled": ([c_void_p], c_int32),
     "llama_tappa_evict": ([c_void_p], c_int64),
     "llama_tappa_n_layer": ([c_void_p], c_int32),
     "llama_tappa_get_layer_stats": ([c_void_p, c_int32, ctypes.POINTER(LayerStats)], c_int32),
+    "llama_tappa_get_eviction_stats": ([c_void_p, ctypes.POINTER(EvictionStats)], c_int32),
     "llama_tappa_kv_bytes": ([c_void_p], c_int64),
     "llama_tappa_kept_positions": ([c_void_p, c_int32, c_int32, ctypes.POINTER(c_int32), c_int32], c_int32),
 }

@@ -24,7 +24,7 @@ from .errors import NativeLibraryError
 #: the llama-cpp-python release whose vendored llama.cpp we patch and whose bindings we use
 PINNED_LLAMA_CPP_PYTHON = "0.3.36"
 #: must equal LLAMA_TAPPA_API_VERSION in native/include/llama-tappa.h
-EXPECTED_API_VERSION = 1
+EXPECTED_API_VERSION = 2
 
 BUILD_HINT = (
     "Build it with `make native` (or: cmake -S . -B build -G Ninja && cmake --build build) "

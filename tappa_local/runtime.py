@@ -32,7 +32,10 @@ _Llama = _LIB.llama_cpp.Llama
 KV_TYPE_BYTES: dict[int, float] = {0: 4.0, 1: 2.0, 30: 2.0, 8: 34 / 32, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32, 7: 24 / 32, 20: 18 / 32}
 
 ALLOCATIONS = {a.name.lower(): a for a in capi.AllocationKind}
-SCORERS = {s.name.lower(): s for s in capi.ScorerKind}
+SCORERS = {"sink_recent": capi.ScorerKind.SINK_RECENT, "snapkv": capi.ScorerKind.SNAPKV,
+           "cake": capi.ScorerKind.CAKE, "expected_attention": capi.ScorerKind.EXPECTED}
+#: scorer used when neither the caller nor the GGUF (tappa.budget.scorer) names one
+DEFAULT_SCORER = "snapkv"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class ModelGeometry:
     n_ctx_train: int
     has_profile: bool
     default_total_budget: int  # tappa.budget.total, 0 if unset
+    default_scorer: str | None = None  # tappa.budget.scorer
+    has_query_stats: bool = False
 
     def kv_bytes_per_token(self, type_k: int = 1, type_v: int = 1) -> float:
         """K+V bytes one token takes in one layer."""
@@ -117,6 +122,8 @@ def model_geometry(path: str | Path) -> ModelGeometry:
         n_ctx_train=int(get("context_length", 0)),
         has_profile="tappa.version" in meta,
         default_total_budget=int(meta.get("tappa.budget.total", 0) or 0),
+        default_scorer=meta.get("tappa.budget.scorer") if isinstance(meta.get("tappa.budget.scorer"), str) else None,
+        has_query_stats="tappa.qstats.mean" in meta,
     )
 
 
@@ -128,10 +135,20 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
         kv_budget_total: tokens kept summed over layers (alternative to kv_budget).
         kv_budget_mib: total KV memory in MiB, headroom included (alternative to the above).
         layer_budgets: explicit per-layer budgets (implies allocation="explicit").
-        window: recent tokens every layer keeps (default: the GGUF's, else 32).
+        window: recent tokens every layer keeps (default: the GGUF's, else 32); also the number
+            of recent queries the window scorers and prompt-adaptive allocations look at.
         n_sink: first tokens every layer keeps (default: the GGUF's, else 4).
-        allocation: "default" (the GGUF's plan, else uniform), "uniform", "pyramid", "tappa", "explicit".
-        scorer: eviction ranking, "sink_recent".
+        allocation: how the total is split over layers — "default" (the GGUF's plan, else
+            uniform), "uniform", "pyramid", "tappa" (1 - calibrated q-sim), "explicit", and the
+            prompt-adaptive "cake", "tappa_cake", "tappa_live" (re-split at every eviction).
+        scorer: how tokens are ranked — "sink_recent", "snapkv", "cake", "expected_attention"
+            (default: the GGUF's tappa.budget.scorer, else "snapkv").
+        headwise: each KV head keeps its own tokens (default) or one set per layer.
+        pool_kernel: SnapKV/CAKE pooling over neighbouring positions (odd, default 5).
+        cake_gamma, cake_tau1, cake_tau2, cake_alpha: CAKE's token score and layer preference
+            parameters, and the weight of (1 - q-sim) in "tappa_cake".
+        qsim_prior_weight: "tappa_live": weight of the calibrated q-sim against the prompt's.
+        ea_horizon, ea_value_norm: Expected Attention's future positions and ||v|| scaling.
         headroom: cells beyond the budget for new tokens between evictions (default: n_batch).
         pyramid_beta: PyramidKV's beta for allocation="pyramid".
         compress: False forces the stock cache; None (default) compresses when a budget is
@@ -150,7 +167,16 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
         window: int | None = None,
         n_sink: int | None = None,
         allocation: str = "default",
-        scorer: str = "sink_recent",
+        scorer: str | None = None,
+        headwise: bool = True,
+        pool_kernel: int = 5,
+        cake_gamma: float = 200.0,
+        cake_tau1: float = 1.0,
+        cake_tau2: float = 1.0,
+        cake_alpha: float = 1.0,
+        qsim_prior_weight: float = 0.5,
+        ea_horizon: int = 512,
+        ea_value_norm: bool = True,
         headroom: int = 0,
         pyramid_beta: float = 20.0,
         min_layer_budget: int = 0,
@@ -161,6 +187,8 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
         check_gguf_header(model_path)
         self.geometry = model_geometry(model_path)
         self.evict_after_prompt = evict_after_prompt
+        self.scorer: str | None = None
+        self.allocation: str | None = None
         lib = _LIB.lib
 
         given = [x is not None for x in (kv_budget, kv_budget_total, kv_budget_mib, layer_budgets)]
@@ -182,10 +210,22 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
             alloc = "explicit" if layer_budgets is not None else allocation
             if alloc not in ALLOCATIONS:
                 raise BudgetError(f"unknown allocation {alloc!r}; choose from {sorted(ALLOCATIONS)}")
+            scorer = scorer or self.geometry.default_scorer or DEFAULT_SCORER
             if scorer not in SCORERS:
                 raise BudgetError(f"unknown scorer {scorer!r}; choose from {sorted(SCORERS)}")
+            self.scorer = scorer
+            self.allocation = alloc
             params.allocation = int(ALLOCATIONS[alloc])
             params.scorer = int(SCORERS[scorer])
+            params.headwise = 1 if headwise else 0
+            params.pool_kernel = int(pool_kernel)
+            params.cake_gamma = float(cake_gamma)
+            params.cake_tau1 = float(cake_tau1)
+            params.cake_tau2 = float(cake_tau2)
+            params.cake_alpha = float(cake_alpha)
+            params.qsim_prior_weight = float(qsim_prior_weight)
+            params.ea_horizon = int(ea_horizon)
+            params.ea_value_norm = 1 if ea_value_norm else 0
             params.window = -1 if window is None else int(window)
             params.n_sink = -1 if n_sink is None else int(n_sink)
             params.headroom = int(headroom)
@@ -255,6 +295,15 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
             tokens_seen=int(self.n_tokens),
             layers=tuple(layers),
         )
+
+    def eviction_stats(self) -> dict[str, float]:
+        """Evictions so far and where their time went (microseconds)."""
+        if not self.compressed:
+            return {"n_evictions": 0}
+        st = capi.EvictionStats()
+        if _LIB.lib.llama_tappa_get_eviction_stats(self._ctx.ctx, ctypes.byref(st)) != 0:
+            capi.raise_last(_LIB.lib)
+        return {name: getattr(st, name) for name, _ in capi.EvictionStats._fields_}
 
     def kept_positions(self, layer: int, head: int) -> list[int]:
         """Positions KV head ``head`` of ``layer`` holds now, ascending."""

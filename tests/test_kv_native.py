@@ -82,7 +82,7 @@ def test_eviction_matches_torch_reference(tiny_model: TinyModel) -> None:
     budgets = [48, 40, 56, 64]  # explicit per-layer budgets
     ids = _ids(260, tiny_model.spec.vocab_size, seed=2)
     llm = TappaLlama(
-        str(tiny_model.gguf_path), layer_budgets=budgets, n_sink=n_sink, window=window, n_ctx=1024,
+        str(tiny_model.gguf_path), layer_budgets=budgets, n_sink=n_sink, window=window, n_ctx=1024, scorer="sink_recent",
         n_batch=n_batch, n_ubatch=n_batch, logits_all=True, type_k=F32, type_v=F32, flash_attn=False, verbose=False,
     )
     ref = TorchDecoder(tiny_model.hf_dir)
@@ -127,25 +127,31 @@ def torch_cat(parts: list) -> np.ndarray:
 def test_kv_memory_follows_the_formula(native_lib, tiny_llama: TinyModel) -> None:
     """Allocated KV bytes (llama.cpp's own accounting) = sum over layers of capacity x bytes/token."""
     n_ctx, n_batch = 4096, 128
-    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=256, n_ctx=n_ctx, n_batch=n_batch, verbose=False)
+    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=256, n_ctx=n_ctx, n_batch=n_batch, verbose=False, scorer="sink_recent")
     stock = native_lib.Llama(model_path=str(tiny_llama.gguf_path), n_ctx=n_ctx, n_batch=n_batch, verbose=False)
+    snap = TappaLlama(str(tiny_llama.gguf_path), kv_budget=256, window=32, n_ctx=n_ctx, n_batch=n_batch, verbose=False, scorer="snapkv")
     try:
         s = llm.kv_stats()
         bpt = llm.geometry.kv_bytes_per_token()  # f16 K + V
         assert [layer.capacity for layer in s.layers] == [layer.budget + n_batch for layer in s.layers]
         assert s.kv_bytes == sum(layer.capacity for layer in s.layers) * bpt
         assert s.kv_bytes == sum(layer.kv_bytes for layer in s.layers)
+        # window scorers also keep each layer's last `window` queries (f32)
+        g = llm.geometry
+        ring = g.n_layer * 32 * g.n_head * g.head_dim_k * 4
+        assert snap.kv_stats().kv_bytes == s.kv_bytes + ring
         stock_bytes = native_lib.lib.llama_tappa_kv_bytes(stock._ctx.ctx)
         assert stock_bytes == n_ctx * llm.geometry.n_layer * bpt == s.full_kv_bytes
         print(f"KV bytes: tappa {s.kv_bytes} vs stock {stock_bytes} ({stock_bytes / s.kv_bytes:.1f}x)")
     finally:
         llm.close()
         stock.close()
+        snap.close()
 
 
 def test_16k_context_with_1k_budget_is_under_an_eighth(tiny_llama: TinyModel) -> None:
     n_ctx, n_batch, budget = 16384, 256, 1024
-    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=budget, n_ctx=n_ctx, n_batch=n_batch, verbose=False)
+    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=budget, n_ctx=n_ctx, n_batch=n_batch, verbose=False, scorer="sink_recent")
     try:
         s = llm.kv_stats()
         bpt = llm.geometry.kv_bytes_per_token()
@@ -211,7 +217,7 @@ def test_bad_budgets_are_refused(tiny_llama: TinyModel) -> None:
 
 
 def test_mib_budget_bounds_kv_memory(tiny_llama: TinyModel) -> None:
-    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget_mib=0.5, n_ctx=8192, n_batch=128, verbose=False)
+    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget_mib=0.5, n_ctx=8192, n_batch=128, verbose=False, scorer="sink_recent")
     try:
         s = llm.kv_stats()
         assert s.kv_bytes <= 0.5 * 2**20

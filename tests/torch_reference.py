@@ -37,6 +37,8 @@ class TorchDecoder:
         self.theta = float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0)))
         self.eps = cfg.rms_norm_eps
         self.lm_head = self.sd.get("lm_head.weight", self.sd["model.embed_tokens.weight"])
+        # post-RoPE queries of the newest tokens, per layer: position -> [n_head, head_dim]
+        self.queries: list[dict[int, torch.Tensor]] = [{} for _ in range(self.n_layer)]
 
     def new_cache(self) -> list[LayerCache]:
         return [
@@ -78,6 +80,8 @@ class TorchDecoder:
             q = self._rope(self._lin(h, pre + "self_attn.q_proj").view(n, self.n_head, self.head_dim), positions)
             k = self._rope(self._lin(h, pre + "self_attn.k_proj").view(n, self.n_head_kv, self.head_dim), positions)
             v = self._lin(h, pre + "self_attn.v_proj").view(n, self.n_head_kv, self.head_dim)
+            for t in range(n):
+                self.queries[layer][pos0 + t] = q[t]
             c = cache[layer]
             out = torch.zeros(n, self.n_head, self.head_dim, dtype=self.dtype)
             for g in range(self.n_head_kv):
@@ -113,3 +117,115 @@ def keep_sink_recent(cache: list[LayerCache], budgets: list[int], n_sink: int) -
 
 def used(cache: list[LayerCache]) -> list[int]:
     return [len(c.pos[0]) for c in cache]
+
+
+# --------------------------------------------------------------------------- scoring references
+
+
+def window_attention(dec: TorchDecoder, cache: list[LayerCache], layer: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of the last `window` recorded queries over each KV head's cached keys,
+    causal by position: A[h_q, w, j] (query head, window row, cache entry of its KV head)."""
+    qs = dec.queries[layer]
+    qpos = sorted(qs)[-window:]
+    group = dec.n_head // dec.n_head_kv
+    c = cache[layer]
+    rows = []
+    for hq in range(dec.n_head):
+        g = hq // group
+        q = torch.stack([qs[p][hq] for p in qpos])  # [W, D]
+        s = (q @ c.k[g].T) * dec.head_dim**-0.5
+        s = s.masked_fill(c.pos[g][None, :] > torch.tensor(qpos)[:, None], float("-inf"))
+        rows.append(torch.softmax(s, -1))
+    return torch.stack(rows), torch.tensor(qpos)
+
+
+def pool_by_position(score: torch.Tensor, pos: torch.Tensor, kernel: int) -> torch.Tensor:
+    """Average-pool a score along positions (out-of-range neighbours excluded)."""
+    if kernel <= 1:
+        return score
+    order = torch.argsort(pos)
+    pooled = torch.nn.functional.avg_pool1d(score[order][None, None, :], kernel, 1, kernel // 2, count_include_pad=False)[0, 0]
+    out = torch.empty_like(score)
+    out[order] = pooled
+    return out
+
+
+def window_scores(dec: TorchDecoder, cache: list[LayerCache], layer: int, window: int, gamma: float, kernel: int) -> list[torch.Tensor]:
+    """SnapKV (gamma = 0) / CAKE token scores per KV head."""
+    a, _ = window_attention(dec, cache, layer, window)
+    s = a.mean(1) + gamma * a.var(1, unbiased=False)  # [n_head, T]
+    group = dec.n_head // dec.n_head_kv
+    return [pool_by_position(s[g * group : (g + 1) * group].mean(0), cache[layer].pos[g], kernel) for g in range(dec.n_head_kv)]
+
+
+def expected_attention_scores(dec: TorchDecoder, cache: list[LayerCache], layer: int, mean: torch.Tensor, var: torch.Tensor,
+                              horizon: int, value_norm: bool) -> list[torch.Tensor]:
+    """Expected Attention per KV head from pre-RoPE query statistics mean/var [n_head, D]."""
+    c = cache[layer]
+    pos_max = max(int(p.max()) for p in c.pos)
+    fut = torch.arange(pos_max + 1, pos_max + 1 + horizon)
+    mu_rot = torch.stack([dec._rope(mean.to(dec.dtype)[None].expand(1, -1, -1), fut[t : t + 1])[0] for t in range(horizon)]).mean(0)
+    scale = dec.head_dim**-0.5
+    group = dec.n_head // dec.n_head_kv
+    out = []
+    for g in range(dec.n_head_kv):
+        k = c.k[g]
+        probs = []
+        for hq in range(g * group, (g + 1) * group):
+            z = scale * (k @ mu_rot[hq]) + 0.5 * scale**2 * (k.pow(2) @ var[hq].to(dec.dtype))
+            probs.append(torch.softmax(z, -1))
+        s = torch.stack(probs).mean(0)
+        if value_norm:
+            s = s * c.v[g].norm(dim=-1)
+        out.append(s)
+    return out
+
+
+def select(cache: list[LayerCache], layer: int, scores: list[torch.Tensor], budget: int, n_sink: int, window: int,
+           headwise: bool = True) -> list[list[int]]:
+    """Kept positions per KV head: sinks + recent window + best scores (ties: newer first)."""
+    c = cache[layer]
+    pos_max = max(int(p.max()) for p in c.pos)
+    if not headwise:
+        total = sum(scores)
+        scores = [total] * len(scores)
+    kept = []
+    for g in range(len(c.pos)):
+        pos = c.pos[g].tolist()
+        sc = scores[g].tolist()
+        forced = [i for i, p in enumerate(pos) if p < n_sink or p > pos_max - window]
+        rest = [i for i, p in enumerate(pos) if not (p < n_sink or p > pos_max - window)]
+        rest.sort(key=lambda i: (-sc[i], -pos[i]))
+        chosen = forced + rest[: max(0, min(budget, len(pos)) - len(forced))]
+        kept.append(sorted(pos[i] for i in chosen))
+    return kept
+
+
+def apply_keep(cache: list[LayerCache], layer: int, kept: list[list[int]]) -> None:
+    c = cache[layer]
+    for g, positions in enumerate(kept):
+        m = torch.isin(c.pos[g], torch.tensor(positions))
+        c.k[g], c.v[g], c.pos[g] = c.k[g][m], c.v[g][m], c.pos[g][m]
+
+
+def window_stats(dec: TorchDecoder, cache: list[LayerCache], layer: int, window: int) -> tuple[float, float, float]:
+    """CAKE entropy and variance of the window attention to non-window tokens, and the online
+    q-similarity (mean off-diagonal cosine of the window queries, averaged over heads)."""
+    a, qpos = window_attention(dec, cache, layer, window)
+    c = cache[layer]
+    pos_max = max(int(p.max()) for p in c.pos)
+    group = dec.n_head // dec.n_head_kv
+    ent = 0.0
+    var = 0.0
+    for hq in range(dec.n_head):
+        keep = (c.pos[hq // group] <= pos_max - window).to(a.dtype)
+        x = a[hq] * keep[None, :]
+        ent += float(-(x * torch.log(x + 1e-10)).sum())
+        var += float(x.var(0, unbiased=False).sum())
+    qs = dec.queries[layer]
+    q = torch.stack([qs[int(p)] for p in qpos], 1)  # [n_head, W, D]
+    qn = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    sim = qn @ qn.transpose(1, 2)
+    w = q.shape[1]
+    qsim = float(((sim.sum((1, 2)) - sim.diagonal(dim1=1, dim2=2).sum(-1)) / (w * (w - 1))).mean())
+    return ent, var, qsim

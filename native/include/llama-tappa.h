@@ -23,7 +23,7 @@ extern "C" {
 
 // Bumped whenever a declaration in this header changes. The Python runtime
 // refuses a library whose API version differs from the one it was written for.
-#define LLAMA_TAPPA_API_VERSION 1
+#define LLAMA_TAPPA_API_VERSION 2
 
 enum llama_tappa_status {
     LLAMA_TAPPA_OK                =  0,
@@ -38,16 +38,25 @@ enum llama_tappa_status {
 
 // How the total budget is split over layers.
 enum llama_tappa_allocation {
-    LLAMA_TAPPA_ALLOC_DEFAULT  = 0, // the GGUF's tappa.budget.layer_frac, else uniform
-    LLAMA_TAPPA_ALLOC_UNIFORM  = 1,
-    LLAMA_TAPPA_ALLOC_PYRAMID  = 2, // PyramidKV: linear from bottom to top, ratio set by pyramid_beta
-    LLAMA_TAPPA_ALLOC_TAPPA    = 3, // proportional to 1 - q-similarity (tappa.qsim.layer)
-    LLAMA_TAPPA_ALLOC_EXPLICIT = 4, // layer_budgets[] as given
+    LLAMA_TAPPA_ALLOC_DEFAULT    = 0, // the GGUF's tappa.budget.layer_frac, else uniform
+    LLAMA_TAPPA_ALLOC_UNIFORM    = 1,
+    LLAMA_TAPPA_ALLOC_PYRAMID    = 2, // PyramidKV: linear from bottom to top, ratio set by pyramid_beta
+    LLAMA_TAPPA_ALLOC_TAPPA      = 3, // proportional to 1 - q-similarity (the GGUF's tappa.qsim.layer)
+    LLAMA_TAPPA_ALLOC_EXPLICIT   = 4, // layer_budgets[] as given
+    // prompt-adaptive: re-allocated at every eviction from the recent window's attention;
+    // layers whose budget changes get new storage (the total stays the same)
+    LLAMA_TAPPA_ALLOC_CAKE       = 5, // CAKE: entropy^(1/tau1) * variance^(1/tau2) of the window attention
+    LLAMA_TAPPA_ALLOC_TAPPA_CAKE = 6, // CAKE + cake_alpha * (1 - q-sim), both normalised to mean 1 over layers
+    LLAMA_TAPPA_ALLOC_TAPPA_LIVE = 7, // 1 - q-sim of the prompt's own recent queries, blended with the
+                                      // calibrated prior (qsim_prior_weight) when the GGUF has one
 };
 
-// How tokens are ranked for eviction.
+// How tokens are ranked for eviction (the sinks and the recent window are always kept).
 enum llama_tappa_scorer {
-    LLAMA_TAPPA_SCORER_SINK_RECENT = 0, // StreamingLLM: keep the sinks and the most recent tokens
+    LLAMA_TAPPA_SCORER_SINK_RECENT = 0, // StreamingLLM: the most recent tokens
+    LLAMA_TAPPA_SCORER_SNAPKV      = 1, // attention of the last `window` queries, averaged, pooled
+    LLAMA_TAPPA_SCORER_CAKE        = 2, // SnapKV's mean + cake_gamma * variance over the window
+    LLAMA_TAPPA_SCORER_EXPECTED    = 3, // Expected Attention from the GGUF's query statistics (no queries needed)
 };
 
 struct llama_tappa_params {
@@ -63,6 +72,16 @@ struct llama_tappa_params {
     float   pyramid_beta;     // PyramidKV beta (> 1): top layer gets total/(beta*L)
     const int32_t * layer_budgets; // allocation == EXPLICIT: n_layer_budgets entries, one per layer
     int32_t n_layer_budgets;
+
+    int32_t headwise;         // 1: each KV head keeps its own tokens; 0: one set per layer (scores summed over heads)
+    int32_t pool_kernel;      // SnapKV/CAKE average pooling over neighbouring positions (odd; <= 1: none)
+    float   cake_gamma;       // CAKE token score: mean + gamma * variance
+    float   cake_tau1;        // CAKE allocation: entropy exponent 1/tau1
+    float   cake_tau2;        // CAKE allocation: variance exponent 1/tau2
+    float   cake_alpha;       // TAPPA_CAKE: weight of (1 - q-sim) against the CAKE preference
+    float   qsim_prior_weight;// TAPPA_LIVE: weight of the calibrated q-sim vs the prompt's (0..1)
+    int32_t ea_horizon;       // Expected Attention: future positions the query mean is averaged over
+    int32_t ea_value_norm;    // Expected Attention: 1 scales scores by ||v||
 };
 
 struct llama_tappa_layer_stats {
@@ -73,6 +92,15 @@ struct llama_tappa_layer_stats {
     int64_t kv_bytes;     // bytes of this layer's K and V storage
     int32_t n_evictions;  // evictions this layer went through since the last clear
     int64_t n_evicted;    // tokens dropped by this layer since the last clear
+};
+
+// where eviction time goes, summed since the context was created
+struct llama_tappa_eviction_stats {
+    int32_t n_evictions;
+    int64_t score_us;     // building and computing the scoring graph, reading scores back
+    int64_t select_us;    // allocation and per-head selection on the host
+    int64_t compact_us;   // building and computing the gather/scatter graph, cell bookkeeping
+    int64_t realloc_us;   // re-allocating layer storage when a prompt-adaptive allocation changed budgets
 };
 
 // "tappa-local/<api> llama-cpp-python/<version>": identifies a patched build.
@@ -98,6 +126,13 @@ LLAMA_API int32_t llama_tappa_model_set_params(const struct llama_model * model,
 // Whether the GGUF carried a tappa profile (1), none (0), or a malformed one (LLAMA_TAPPA_ERR_BAD_METADATA).
 LLAMA_API int32_t llama_tappa_model_has_profile(const struct llama_model * model);
 
+// The budget split shared with tappa_local/budget.py: B_l = n_sink + window + extra_l with
+// extra_l proportional to weights[l], clamped to [min_layer_budget, max_layer_budget]
+// (< 0: unbounded), summing exactly to total. Returns n_layer or a negative status.
+LLAMA_API int32_t llama_tappa_split_budget(
+        const float * weights, int32_t n_layer, int32_t total, int32_t n_sink, int32_t window,
+        int32_t min_layer_budget, int32_t max_layer_budget, int32_t * out);
+
 // Budgets an allocation would give, without creating a context: out[n_layer].
 LLAMA_API int32_t llama_tappa_model_budgets(
         const struct llama_model * model, const struct llama_tappa_params * p, uint32_t n_ctx, int32_t * out, int32_t n_out);
@@ -111,6 +146,8 @@ LLAMA_API int64_t llama_tappa_evict(struct llama_context * ctx);
 
 LLAMA_API int32_t llama_tappa_n_layer(const struct llama_context * ctx);
 LLAMA_API int32_t llama_tappa_get_layer_stats(const struct llama_context * ctx, int32_t il, struct llama_tappa_layer_stats * out);
+
+LLAMA_API int32_t llama_tappa_get_eviction_stats(const struct llama_context * ctx, struct llama_tappa_eviction_stats * out);
 
 // Allocated KV bytes over all layers, as llama.cpp accounts them (memory_breakdown).
 LLAMA_API int64_t llama_tappa_kv_bytes(const struct llama_context * ctx);

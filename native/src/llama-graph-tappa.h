@@ -37,6 +37,11 @@ public:
     // one per model layer; nullptr for layers without KV
     std::vector<std::unique_ptr<llm_graph_input_attn_kv>> layers;
 
+    // I64 [min(window, n_tokens)]: ring slot (pos % window) of each of the ubatch's last
+    // tokens, whose queries are recorded; nullptr when nothing reads them
+    ggml_tensor * q_slots = nullptr;
+    uint32_t      window  = 0;
+
 private:
     const llama_kv_cache_tappa_context * tctx;
 };

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <map>
 #include <stdexcept>
 
 //
@@ -93,6 +94,16 @@ bool llama_tappa_resolve_config(
             }
             break;
         case LLAMA_TAPPA_ALLOC_UNIFORM:
+        case LLAMA_TAPPA_ALLOC_CAKE:
+            break;
+        case LLAMA_TAPPA_ALLOC_TAPPA_CAKE:
+        case LLAMA_TAPPA_ALLOC_TAPPA_LIVE:
+            // prompt-adaptive: start from the calibrated prior when there is one
+            if (have_profile && !profile.qsim_layer.empty()) {
+                for (uint32_t i = 0; i < n_layer; ++i) {
+                    weights[i] = 1.0 - (double) profile.qsim_layer[i];
+                }
+            }
             break;
         case LLAMA_TAPPA_ALLOC_PYRAMID:
             if (!(p.pyramid_beta > 1.0f)) {
@@ -197,8 +208,28 @@ llama_memory_i * llama_tappa_create_memory(
         return fail("headroom " + std::to_string(p.headroom) + " is smaller than n_batch " + std::to_string(cparams.n_batch) +
                     ": a full batch would not fit after an eviction (lower n_batch or raise the headroom)", LLAMA_TAPPA_ERR_BUDGET);
     }
-    if (!llama_tappa_make_scorer(p.scorer)) {
+    if (!llama_tappa_make_scorer(p)) {
         return fail("unknown scorer " + std::to_string(p.scorer), LLAMA_TAPPA_ERR_INVALID_ARG);
+    }
+    if (p.scorer == LLAMA_TAPPA_SCORER_EXPECTED && (!profile.present || !profile.error.empty() || profile.q_mean.empty())) {
+        return fail("the expected-attention scorer needs query statistics (tappa.qstats.mean/var): calibrate and "
+                    "convert or annotate the GGUF with tappa-convert", profile.present ? LLAMA_TAPPA_ERR_BAD_METADATA : LLAMA_TAPPA_ERR_NO_PROFILE);
+    }
+    if (p.scorer != LLAMA_TAPPA_SCORER_SINK_RECENT && ggml_is_quantized(params.type_k)) {
+        return fail(std::string("scoring with ") + (p.scorer == LLAMA_TAPPA_SCORER_EXPECTED ? "expected attention" : "window attention") +
+                    " needs an unquantized K cache (f16, bf16 or f32), got " + ggml_type_name(params.type_k) +
+                    "; use the sink_recent scorer with a quantized cache", LLAMA_TAPPA_ERR_UNSUPPORTED);
+    }
+    if (p.pool_kernel > 1 && p.pool_kernel % 2 == 0) {
+        return fail("pool_kernel must be odd, got " + std::to_string(p.pool_kernel), LLAMA_TAPPA_ERR_INVALID_ARG);
+    }
+    if ((p.allocation == LLAMA_TAPPA_ALLOC_CAKE || p.allocation == LLAMA_TAPPA_ALLOC_TAPPA_CAKE) &&
+        !(p.cake_tau1 > 0.0f && p.cake_tau2 > 0.0f)) {
+        return fail("cake_tau1 and cake_tau2 must be > 0", LLAMA_TAPPA_ERR_INVALID_ARG);
+    }
+    if (p.window < 2 && (p.scorer == LLAMA_TAPPA_SCORER_SNAPKV || p.scorer == LLAMA_TAPPA_SCORER_CAKE ||
+        p.allocation == LLAMA_TAPPA_ALLOC_CAKE || p.allocation == LLAMA_TAPPA_ALLOC_TAPPA_CAKE || p.allocation == LLAMA_TAPPA_ALLOC_TAPPA_LIVE)) {
+        return fail("window attention needs window >= 2", LLAMA_TAPPA_ERR_INVALID_ARG);
     }
 
     // the budgets become part of the resolved config
@@ -224,7 +255,7 @@ llama_kv_cache_tappa::llama_kv_cache_tappa(
         uint32_t                    n_ctx_seq,
         uint32_t                    n_batch,
         const layer_filter_cb     & filter) :
-    model(model), cfg(cfg), profile(profile) {
+    model(model), cfg(cfg), profile(profile), type_k(type_k), type_v(type_v), offload(offload), n_ctx_seq(n_ctx_seq) {
     GGML_UNUSED(n_batch);
     const auto & hp = model.hparams;
     n_head_kv_ = hp.n_head_kv(0);
@@ -238,22 +269,71 @@ llama_kv_cache_tappa::llama_kv_cache_tappa(
         st.il       = (int32_t) il;
         st.budget   = (uint32_t) cfg.layer_budgets.at(il);
         st.capacity = std::min<uint32_t>(n_ctx_seq, st.budget + (uint32_t) cfg.p.headroom);
-
-        const layer_filter_cb filter_l = [il](int32_t x) { return (uint32_t) x == il; };
-
-        // V is stored untransposed in every child: evicting moves whole rows of K and V alike
-        // (the non-flash-attention path transposes V on the fly)
-        children.push_back(std::make_unique<llama_kv_cache>(
-                model, hp, type_k, type_v, /*v_trans*/ false, offload, /*unified*/ true,
-                st.capacity, /*n_seq_max*/ 1, /*n_pad*/ 1, /*n_swa*/ 0, LLAMA_SWA_TYPE_NONE,
-                nullptr, filter_l, nullptr, nullptr));
+        children.push_back(make_child((int32_t) il, st.capacity));
         total_cells += st.capacity;
         layers.push_back(std::move(st));
     }
 
-    LLAMA_LOG_INFO("%s: %zu layers, budget %d tokens (window %d, sinks %d, headroom %d), %zu cells instead of %zu\n",
-            __func__, layers.size(), cfg.p.total_budget, cfg.p.window, cfg.p.n_sink, cfg.p.headroom,
+    // the query rings, on the same buffer type as each layer's keys
+    const auto scorer = llama_tappa_make_scorer(cfg.p);
+    const int32_t a = cfg.p.allocation;
+    want_queries = scorer->needs_window_attention() || a == LLAMA_TAPPA_ALLOC_CAKE ||
+                   a == LLAMA_TAPPA_ALLOC_TAPPA_CAKE || a == LLAMA_TAPPA_ALLOC_TAPPA_LIVE;
+    if (want_queries) {
+        const uint32_t W = (uint32_t) cfg.p.window;
+        q_pos.assign(W, -1);
+        std::map<ggml_backend_buffer_type_t, ggml_context_ptr> ctx_map;
+        for (uint32_t i = 0; i < layers.size(); ++i) {
+            ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(children[i]->layers[0].k->buffer);
+            auto & ctx = ctx_map[buft];
+            if (!ctx) {
+                ggml_init_params ip = { /*.mem_size =*/ layers.size() * ggml_tensor_overhead(), /*.mem_buffer =*/ nullptr, /*.no_alloc =*/ true };
+                ctx.reset(ggml_init(ip));
+            }
+            const int64_t n_embd_q = (int64_t) hp.n_embd_head_k(layers[i].il) * hp.n_head(layers[i].il);
+            layers[i].q_win = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, n_embd_q, W);
+            ggml_format_name(layers[i].q_win, "tappa_q_win_l%d", layers[i].il);
+        }
+        for (auto & [buft, ctx] : ctx_map) {
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), buft);
+            if (!buf) {
+                throw std::runtime_error("tappa: failed to allocate the query rings");
+            }
+            ggml_backend_buffer_clear(buf, 0);
+            q_bufs.ctxs_bufs.emplace_back(std::move(ctx), ggml_backend_buffer_ptr(buf));
+        }
+    }
+
+    LLAMA_LOG_INFO("%s: %zu layers, budget %d tokens (window %d, sinks %d, headroom %d), scorer %s, %zu cells instead of %zu\n",
+            __func__, layers.size(), cfg.p.total_budget, cfg.p.window, cfg.p.n_sink, cfg.p.headroom, scorer->name(),
             total_cells, (size_t) n_ctx_seq * layers.size());
+}
+
+std::unique_ptr<llama_kv_cache> llama_kv_cache_tappa::make_child(int32_t il, uint32_t capacity) const {
+    const llama_memory_i::layer_filter_cb filter_l = [il](int32_t x) { return x == il; };
+    // V is stored untransposed in every child: evicting moves whole rows of K and V alike
+    // (the non-flash-attention path transposes V on the fly)
+    return std::make_unique<llama_kv_cache>(
+            model, model.hparams, type_k, type_v, /*v_trans*/ false, offload, /*unified*/ true,
+            capacity, /*n_seq_max*/ 1, /*n_pad*/ 1, /*n_swa*/ 0, LLAMA_SWA_TYPE_NONE,
+            nullptr, filter_l, nullptr, nullptr);
+}
+
+ggml_tensor * llama_kv_cache_tappa::layer_q_win(int32_t il) const {
+    const int32_t i = layer_index(il);
+    return i < 0 ? nullptr : layers[i].q_win;
+}
+
+void llama_kv_cache_tappa::record_queries(const llama_ubatch & ubatch) {
+    if (!want_queries) {
+        return;
+    }
+    // mirrors what the graph writes: the last min(W, n_tokens) queries, slot = pos % W
+    const uint32_t W = (uint32_t) q_pos.size();
+    const uint32_t m = std::min(W, ubatch.n_tokens);
+    for (uint32_t t = ubatch.n_tokens - m; t < ubatch.n_tokens; ++t) {
+        q_pos[ubatch.pos[t] % W] = ubatch.pos[t];
+    }
 }
 
 int32_t llama_kv_cache_tappa::layer_index(int32_t il) const {
@@ -361,6 +441,7 @@ void llama_kv_cache_tappa::clear(bool data) {
         st.n_evictions = 0;
         st.n_evicted   = 0;
     }
+    std::fill(q_pos.begin(), q_pos.end(), -1);
     evicted_any = false;
     force_evict = false;
     poisoned    = false;
@@ -386,6 +467,11 @@ bool llama_kv_cache_tappa::seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p
     for (uint32_t i = 0; i < children.size(); ++i) {
         res &= children[i]->seq_rm(seq_id, p0, p1);
         sync_head_pos(i);
+    }
+    for (int32_t & qp : q_pos) {
+        if (qp >= p0 && (to_end || qp < p1)) {
+            qp = -1;
+        }
     }
     return res;
 }
@@ -460,6 +546,9 @@ std::map<ggml_backend_buffer_type_t, size_t> llama_kv_cache_tappa::memory_breakd
             mb[buft] += size;
         }
     }
+    for (const auto & [ctx, buf] : q_bufs.ctxs_bufs) {
+        mb[ggml_backend_buffer_get_type(buf.get())] += ggml_backend_buffer_get_size(buf.get());
+    }
     return mb;
 }
 
@@ -485,168 +574,6 @@ void llama_kv_cache_tappa::state_read(llama_io_read_i & io, llama_seq_id seq_id,
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
-
-//
-// eviction
-//
-
-int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
-    force_evict = false;
-
-    std::vector<uint32_t> todo;
-    for (uint32_t i = 0; i < layers.size(); ++i) {
-        if (layer_used(i) > layers[i].budget) {
-            todo.push_back(i);
-        }
-    }
-    if (todo.empty()) {
-        return 0;
-    }
-
-    auto scorer = llama_tappa_make_scorer(cfg.p.scorer);
-    GGML_ASSERT(scorer); // validated at creation
-
-    auto * sched = lctx->get_sched();
-    ggml_backend_sched_reset(sched);
-
-    auto * res = lctx->get_gf_res_reserve();
-    res->reset();
-
-    ggml_context * ctx = res->get_ctx();
-    ggml_cgraph  * gf  = res->get_gf();
-
-    auto inputs_owned = std::make_unique<llama_tappa_host_inputs>();
-    llama_tappa_host_inputs * inputs = inputs_owned.get();
-
-    const uint32_t H  = n_head_kv_;
-    const uint32_t S  = (uint32_t) cfg.p.n_sink;
-    const uint32_t W  = (uint32_t) cfg.p.window;
-
-    struct layer_job {
-        uint32_t             i;
-        uint32_t             n_kv;
-        std::vector<int32_t> pos;  // [H][n_kv]
-        ggml_tensor *        idx;  // I32 [budget, H]
-    };
-    std::vector<layer_job> jobs;
-    jobs.reserve(todo.size());
-
-    for (uint32_t i : todo) {
-        llama_kv_cache & c   = *children[i];
-        auto & st            = layers[i];
-        const auto & cells   = c.v_cells[0];
-        const uint32_t n_kv  = cells.used_max_p1();
-        const auto & kvl     = c.layers[0];
-
-        layer_job job { i, n_kv, std::vector<int32_t>((size_t) H * n_kv, -1), nullptr };
-
-        // positions per (head, cell), and each head's newest position
-        llama_pos pos_max = -1;
-        for (uint32_t j = 0; j < n_kv; ++j) {
-            if (cells.is_empty(j)) {
-                continue;
-            }
-            for (uint32_t h = 0; h < H; ++h) {
-                const llama_pos p = j < st.n_headwise ? st.head_pos[(size_t) j * H + h] : cells.pos_get(j);
-                job.pos[(size_t) h * n_kv + j] = p;
-                pos_max = std::max(pos_max, p);
-            }
-        }
-
-        // sinks and the recent window are always kept; empty cells never are
-        std::vector<float> bias((size_t) H * n_kv);
-        for (size_t k = 0; k < bias.size(); ++k) {
-            const int32_t p = job.pos[k];
-            bias[k] = p < 0 ? -INFINITY
-                    : ((uint32_t) p < S || (int64_t) p > (int64_t) pos_max - W) ? INFINITY : 0.0f;
-        }
-
-        const int64_t D  = kvl.k->ne[0] / H;
-        const int64_t Dv = kvl.v->ne[0] / H;
-
-        // [D, n_kv, H] views (rows stay contiguous)
-        ggml_tensor * k = ggml_permute(ctx, ggml_view_3d(ctx, kvl.k, D, H, n_kv,
-                ggml_row_size(kvl.k->type, D), kvl.k->nb[1], 0), 0, 2, 1, 3);
-        ggml_tensor * v = ggml_permute(ctx, ggml_view_3d(ctx, kvl.v, Dv, H, n_kv,
-                ggml_row_size(kvl.v->type, Dv), kvl.v->nb[1], 0), 0, 2, 1, 3);
-
-        llama_tappa_score_args args { ctx, inputs, st.il, n_kv, H, k, v, &job.pos };
-        ggml_tensor * score = scorer->build_scores(args);
-        score = ggml_add(ctx, score, inputs->f32(ctx, n_kv, H, std::move(bias), "tappa_bias"));
-
-        job.idx = ggml_top_k(ctx, score, (int) st.budget);
-        ggml_set_output(job.idx);
-
-        // gather the kept rows of every head and write them to slots [0, budget)
-        std::vector<int64_t> dst(st.budget);
-        for (uint32_t s = 0; s < st.budget; ++s) {
-            dst[s] = s;
-        }
-        ggml_tensor * dst_t = inputs->i64(ctx, st.budget, std::move(dst), "tappa_dst");
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx, k, ggml_get_rows(ctx, k, job.idx), dst_t));
-        ggml_build_forward_expand(gf, ggml_set_rows(ctx, v, ggml_get_rows(ctx, v, job.idx), dst_t));
-
-        jobs.push_back(std::move(job));
-    }
-
-    res->add_input(std::move(inputs_owned));
-
-    if (!ggml_backend_sched_alloc_graph(sched, gf)) {
-        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to allocate the eviction graph");
-        LLAMA_LOG_ERROR("%s: tappa: failed to allocate the eviction graph\n", __func__);
-        return -1;
-    }
-    res->set_inputs(nullptr);
-    if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
-        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to compute the eviction graph");
-        LLAMA_LOG_ERROR("%s: tappa: failed to compute the eviction graph\n", __func__);
-        return -1;
-    }
-    ggml_backend_sched_synchronize(sched);
-
-    // the data moved; now the cells: slot s holds, in head h, the token at idx[s, h]
-    int64_t dropped = 0;
-    for (auto & job : jobs) {
-        auto & st   = layers[job.i];
-        auto & c    = *children[job.i];
-        auto & cells = c.v_cells[0];
-        const uint32_t B = st.budget;
-
-        std::vector<int32_t> idx((size_t) B * H);
-        ggml_backend_tensor_get(job.idx, idx.data(), 0, idx.size() * sizeof(int32_t));
-
-        std::vector<llama_pos> head_pos((size_t) B * H);
-        for (uint32_t h = 0; h < H; ++h) {
-            for (uint32_t s = 0; s < B; ++s) {
-                const int32_t j = idx[(size_t) h * B + s];
-                GGML_ASSERT(j >= 0 && (uint32_t) j < job.n_kv);
-                const llama_pos p = job.pos[(size_t) h * job.n_kv + j];
-                GGML_ASSERT(p >= 0 && "tappa: an empty cell was selected");
-                head_pos[(size_t) s * H + h] = p;
-            }
-        }
-
-        const uint32_t used_before = cells.get_used();
-        cells.reset();
-        for (uint32_t s = 0; s < B; ++s) {
-            llama_pos p = -1;
-            for (uint32_t h = 0; h < H; ++h) {
-                p = std::max(p, head_pos[(size_t) s * H + h]);
-            }
-            cells.pos_set(s, p);
-            cells.seq_add(s, 0);
-        }
-        c.v_heads[0] = B < cells.size() ? B : 0;
-
-        st.head_pos    = std::move(head_pos);
-        st.n_headwise  = B;
-        st.n_evictions += 1;
-        st.n_evicted   += used_before - B;
-        dropped        += used_before - B;
-    }
-    evicted_any = true;
-    return dropped;
-}
 
 //
 // llama_kv_cache_tappa_context
@@ -697,6 +624,7 @@ bool llama_kv_cache_tappa_context::apply() {
     for (auto & c : ctxs) {
         res &= c->apply();
     }
+    kv->record_queries(ubatches[i_next]);
     return res;
 }
 

@@ -21,6 +21,8 @@
 #include "llama-kv-cache.h"
 #include "llama-tappa-model.h"
 
+#include "ggml-cpp.h"
+
 #include <memory>
 #include <vector>
 
@@ -35,6 +37,15 @@ struct llama_tappa_layer_state {
 
     int32_t n_evictions = 0;
     int64_t n_evicted   = 0;
+
+    // recent post-RoPE queries of this layer, F32 [head_dim*n_head, window] (ring by position),
+    // allocated only when the scorer or the allocation reads them
+    ggml_tensor * q_win = nullptr;
+};
+
+// device tensors the tappa cache owns beside its children (the query rings)
+struct llama_tappa_buffers {
+    std::vector<std::pair<ggml_context_ptr, ggml_backend_buffer_ptr>> ctxs_bufs;
 };
 
 class llama_kv_cache_tappa : public llama_memory_i {
@@ -100,6 +111,13 @@ public:
     // ask the next memory_update to evict even if everything fits
     void request_eviction() { force_evict = true; }
 
+    // the query rings: recorded during decode when something reads them
+    bool wants_queries() const { return want_queries; }
+    ggml_tensor * layer_q_win(int32_t il) const;
+    void record_queries(const llama_ubatch & ubatch);
+
+    const llama_tappa_eviction_stats & eviction_stats() const { return ev_stats; }
+
     // true if some layer holds more tokens than its budget (or an eviction was requested)
     bool needs_eviction(bool optimize) const;
 
@@ -121,6 +139,27 @@ private:
 
     std::vector<std::unique_ptr<llama_kv_cache>> children;
     std::vector<llama_tappa_layer_state>         layers;
+
+    // how children are created (re-created when a prompt-adaptive allocation changes a budget)
+    ggml_type type_k;
+    ggml_type type_v;
+    bool      offload;
+    uint32_t  n_ctx_seq;
+
+    bool                 want_queries = false;
+    llama_tappa_buffers  q_bufs;
+    std::vector<int32_t> q_pos;  // [window] position recorded in each ring slot, -1: none
+
+    llama_tappa_eviction_stats ev_stats {};
+
+    std::unique_ptr<llama_kv_cache> make_child(int32_t il, uint32_t capacity) const;
+
+    // eviction steps (llama-tappa-evict.cpp)
+    struct layer_plan;
+    bool score_layers(llama_context * lctx, std::vector<layer_plan> & plans, std::vector<float> & stats);
+    bool reallocate(const std::vector<float> & stats, std::vector<layer_plan> & plans, std::string & err);
+    void select(layer_plan & plan) const;
+    bool compact(llama_context * lctx, std::vector<layer_plan> & plans);
 
     bool force_evict = false;
 

@@ -4,6 +4,7 @@
 #include "llama-context.h"
 #include "llama-kv-cache-tappa.h"
 #include "llama-model.h"
+#include "llama-tappa-budget.h"
 #include "llama-tappa-model.h"
 
 #include <algorithm>
@@ -34,11 +35,14 @@ int32_t check_params(const llama_tappa_params * p) {
     if (p->headroom < 0) {
         return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "headroom must be >= 0");
     }
-    if (p->allocation < LLAMA_TAPPA_ALLOC_DEFAULT || p->allocation > LLAMA_TAPPA_ALLOC_EXPLICIT) {
+    if (p->allocation < LLAMA_TAPPA_ALLOC_DEFAULT || p->allocation > LLAMA_TAPPA_ALLOC_TAPPA_LIVE) {
         return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "unknown allocation " + std::to_string(p->allocation));
     }
-    if (p->scorer != LLAMA_TAPPA_SCORER_SINK_RECENT) {
+    if (p->scorer < LLAMA_TAPPA_SCORER_SINK_RECENT || p->scorer > LLAMA_TAPPA_SCORER_EXPECTED) {
         return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "unknown scorer " + std::to_string(p->scorer));
+    }
+    if (p->cake_gamma < 0.0f || p->qsim_prior_weight < 0.0f || p->qsim_prior_weight > 1.0f || p->ea_horizon < 1) {
+        return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "cake_gamma must be >= 0, qsim_prior_weight in [0, 1], ea_horizon >= 1");
     }
     if (p->allocation == LLAMA_TAPPA_ALLOC_EXPLICIT && (!p->layer_budgets || p->n_layer_budgets <= 0)) {
         return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "explicit allocation needs layer_budgets");
@@ -82,6 +86,15 @@ llama_tappa_params llama_tappa_default_params(void) {
     p.pyramid_beta     = 20.0f;
     p.layer_budgets    = nullptr;
     p.n_layer_budgets  = 0;
+    p.headwise          = 1;
+    p.pool_kernel       = 5;
+    p.cake_gamma        = 200.0f;
+    p.cake_tau1         = 1.0f;
+    p.cake_tau2         = 1.0f;
+    p.cake_alpha        = 1.0f;
+    p.qsim_prior_weight = 0.5f;
+    p.ea_horizon        = 512;
+    p.ea_value_norm     = 1;
     return p;
 }
 
@@ -125,6 +138,24 @@ int32_t llama_tappa_model_has_profile(const llama_model * model) {
         return fail(LLAMA_TAPPA_ERR_BAD_METADATA, prof.error);
     }
     return 1;
+}
+
+int32_t llama_tappa_split_budget(
+        const float * weights, int32_t n_layer, int32_t total, int32_t n_sink, int32_t window,
+        int32_t min_layer_budget, int32_t max_layer_budget, int32_t * out) {
+    if (!weights || !out || n_layer <= 0) {
+        return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "weights and out must not be NULL and n_layer must be > 0");
+    }
+    std::vector<double> w(weights, weights + n_layer);
+    std::vector<int64_t> budgets;
+    std::string err;
+    if (!llama_tappa_layer_budgets(w, total, n_sink, window, min_layer_budget, max_layer_budget, budgets, err)) {
+        return fail(LLAMA_TAPPA_ERR_BUDGET, err);
+    }
+    for (int32_t i = 0; i < n_layer; ++i) {
+        out[i] = (int32_t) budgets[i];
+    }
+    return n_layer;
 }
 
 int32_t llama_tappa_model_budgets(const llama_model * model, const llama_tappa_params * p, uint32_t n_ctx, int32_t * out, int32_t n_out) {
@@ -214,6 +245,18 @@ int32_t llama_tappa_get_layer_stats(const llama_context * ctx, int32_t il, llama
     out->kv_bytes    = bytes;
     out->n_evictions = st.n_evictions;
     out->n_evicted   = st.n_evicted;
+    return LLAMA_TAPPA_OK;
+}
+
+int32_t llama_tappa_get_eviction_stats(const llama_context * ctx, llama_tappa_eviction_stats * out) {
+    auto * kv = tappa_of(ctx);
+    if (!kv) {
+        return fail(LLAMA_TAPPA_ERR_NOT_ENABLED, "the context does not use the tappa KV cache");
+    }
+    if (!out) {
+        return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "out is NULL");
+    }
+    *out = kv->eviction_stats();
     return LLAMA_TAPPA_OK;
 }
 
