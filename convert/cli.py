@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from .calibration import CalibrationOptions
 from .dropplan import parse_drop_layers
 from .errors import ConvertError
 from .hfconvert import OUTTYPES
-from .pipeline import BudgetOptions, ConvertJob, describe, run
+from .pipeline import BudgetOptions, ConvertJob, describe, report_dict, run
 from .progress import ProgressConfig
 
 EPILOG = """\
@@ -102,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show progress bars (default: when stderr is a terminal)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     g.add_argument("-q", "--quiet", action="store_true", help="do not print the summary")
+    g.add_argument("--json", action="store_true",
+                   help="print the summary as JSON (output, size, layers, removed layers, seconds per step)")
     return p
 
 
@@ -150,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tappa-convert: interrupted; no output written", file=sys.stderr)
         return 130
-    if not args.quiet:
+    if args.json:
+        print(json.dumps(report_dict(report), indent=2))
+    elif not args.quiet:
         print(describe(report))
     return 0
 

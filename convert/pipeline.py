@@ -10,6 +10,7 @@ quantizing, check the quantizer kept every ``tappa.*`` key and re-apply them if 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from .hfconvert import OUTTYPES, convert_checkpoint
 from .identity import SourceHashes, checkpoint_hashes, facts_from_checkpoint, facts_from_gguf, fit_to_model, require_match
 from .output import Workspace, workspace
 from .progress import ProgressConfig, say
-from .quantize import QuantizeRequest, quantize
+from .quantize import QuantizeRequest, ftype_value, quantize
 from .rewrite import KVValue, as_stored, field_values, rewrite_gguf, schema_kv, slice_layers
 
 
@@ -146,6 +147,8 @@ def run(job: ConvertJob, progress: ProgressConfig) -> ConvertReport:
         raise ConvertError(f"--outtype {job.outtype!r}: choose from {', '.join(OUTTYPES)}")
     if job.profile_path is not None and job.calibration.requested:
         raise ConvertError("give either --profile or calibration options (--corpus, --n-samples, ...), not both")
+    if job.quantize is not None:
+        ftype_value(job.quantize)  # an unknown type fails now, not after a long conversion
     if is_gguf_source(job.source):
         return _run_gguf(job, progress)
     if job.annotate:
@@ -321,6 +324,14 @@ def _verify_and_commit(ws: Workspace, path: Path, profile: Profile | None, n_lay
     ws.commit(path)
 
 
+def report_dict(report: ConvertReport) -> dict[str, Any]:
+    """The report as JSON-ready data."""
+    d = dataclasses.asdict(report)
+    d["output"] = str(report.output)
+    d["dropped"], d["dropped_original"] = list(report.dropped), list(report.dropped_original)
+    return d
+
+
 def describe(report: ConvertReport) -> str:
     """A short human summary of what was written."""
     parts = [f"wrote {report.output} ({report.bytes / 2**20:.1f} MiB, {report.arch}, {report.n_layer} layers"]
@@ -338,4 +349,4 @@ def describe(report: ConvertReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["BudgetOptions", "ConvertJob", "ConvertReport", "describe", "is_gguf_source", "run"]
+__all__ = ["BudgetOptions", "ConvertJob", "ConvertReport", "describe", "is_gguf_source", "report_dict", "run"]

@@ -154,3 +154,17 @@ def test_schema_table_lists_every_key() -> None:
     for k in S.KEYS:
         assert f"`{k.name}`" in table
     assert len(table.splitlines()) == len(S.KEYS) + 2
+
+
+def test_json_report(tiny_llama: TinyModel, tmp_path: Path) -> None:
+    import json
+
+    rc, err, annotated = _annotate(tiny_llama, make_profile(tiny_llama, seed=9), tmp_path, "j")
+    assert rc == 0, err
+    out = tmp_path / "j-pruned.gguf"
+    rc, stdout, err = run_convert(annotated, "--drop-layers", "0,3", "--json", "-o", out)
+    assert rc == 0, err
+    rep = json.loads(stdout)
+    assert rep["output"] == str(out) and rep["n_layer"] == 2 and rep["dropped"] == [0, 3]
+    assert rep["bytes"] == out.stat().st_size and rep["profile"] == "stored"
+    assert set(rep["timings"]) >= {"quantize", "metadata", "verify", "total"}

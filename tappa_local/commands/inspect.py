@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Read the tappa.* metadata of a GGUF (written by tappa-convert) and print the model geometry, the "
             "profile's provenance, the layer prune plan and a per-layer table of q-similarity, Block Influence, "
-            "prune score and KV budget. Budgets are computed with the same arithmetic as the native runtime."
+            "prune score and KV budget. 'share' is the layer's fraction of the budget above its sinks + window; "
+            "'budget' the tokens it keeps (sinks and window included), computed with the same arithmetic as the "
+            "native runtime, so the numbers are the ones a TappaLlama with this total would use."
         ),
     )
     p.add_argument("file", metavar="FILE.gguf", help="the GGUF file to inspect")
