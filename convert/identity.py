@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tappa_local import schema as S
 from tappa_local.errors import ProfileError
@@ -88,6 +91,7 @@ class ModelFacts:
     weights: list[tuple[str, str]] = field(default_factory=list)  # (sha256, source)
     tokenizer: list[tuple[str, str]] = field(default_factory=list)
     hparams: dict[str, int] = field(default_factory=dict)  # vocab_size, hidden_size, intermediate_size
+    gguf_path: Path | None = None  # for comparing norm weights with the profile's source checkpoint
 
 
 def facts_from_checkpoint(ckpt: Checkpoint, hashes: SourceHashes | None) -> ModelFacts:
@@ -111,6 +115,7 @@ def facts_from_gguf(info: GGUFInfo) -> ModelFacts:
         n_head_kv=info.n_head_kv, head_dim=info.head_dim,
         layer_map=tuple(int(x) for x in lm) if isinstance(lm, list) else None,
         removed_layers=tuple(int(x) for x in meta.get(S.PRUNED_LAYERS, []) or []),
+        gguf_path=info.path,
     )
     for key, target, label in (
         (S.SOURCE_WEIGHTS_SHA256, facts.weights, "the checkpoint it was converted from"),
@@ -152,6 +157,59 @@ def _source_config(profile: Profile) -> tuple[Path, dict[str, Any]] | None:
     except (OSError, ValueError):
         return None
     return p, {**data, **data.get("text_config", {})}
+
+
+_ST_NP = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
+
+
+def _safetensors_tensor(model_dir: Path, name: str) -> np.ndarray | None:
+    """One tensor of a safetensors checkpoint as float32 (F32/F16/BF16/F64), without torch."""
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+            entry = header.get(name)
+            if entry is None:
+                continue
+            start, end = entry["data_offsets"]
+            fh.seek(8 + n + start)
+            raw = fh.read(end - start)
+        dt = entry["dtype"]
+        if dt == "BF16":
+            return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+        if dt in _ST_NP:
+            return np.frombuffer(raw, dtype=_ST_NP[dt]).astype(np.float32)
+        return None
+    return None
+
+
+def norm_differences(profile: Profile, gguf_path: Path, layer_map: list[int]) -> list[str]:
+    """Compare the GGUF's norm weights with the profile's source checkpoint, when that directory is here.
+
+    Norm weights stay float32 through conversion and quantization and are copied unchanged by
+    the converter for the supported architectures, so they identify the weights exactly even in
+    a plain (never annotated) or quantized GGUF.
+    """
+    src = Path(profile.provenance.model_id).expanduser()
+    if not (src / "config.json").is_file() or not any(src.glob("*.safetensors")):
+        return []
+    from .ggufpy import gguf  # noqa: PLC0415
+
+    reader = gguf().GGUFReader(gguf_path, "r")
+    tensors = {t.name: t for t in reader.tensors}
+    pairs = [("output_norm.weight", "model.norm.weight")]
+    pairs += [(f"blk.{i}.attn_norm.weight", f"model.layers.{orig}.input_layernorm.weight") for i, orig in enumerate(layer_map)]
+    for g_name, hf_name in pairs:
+        t = tensors.get(g_name)
+        if t is None or int(t.tensor_type) != int(gguf().GGMLQuantizationType.F32):
+            continue
+        ref = _safetensors_tensor(src, hf_name)
+        mine = np.asarray(t.data, dtype=np.float32).reshape(-1)
+        if ref is None or ref.shape != mine.shape:
+            continue
+        if not np.array_equal(ref, mine):
+            return [f"weights: {g_name} differs from {hf_name} of the profile's source checkpoint {src}"]
+    return []
 
 
 def _comparable(h: str) -> bool:
@@ -197,6 +255,9 @@ def differences(profile: Profile, facts: ModelFacts) -> tuple[list[str], list[st
             theirs = cfg.get(name)
             if isinstance(theirs, int) and theirs != value:
                 ident.append(f"{name}: the profile's source checkpoint {path} has {theirs}, the model {value}")
+    if not geo and not facts.weights and facts.gguf_path is not None:
+        # no recorded digest to compare: look at the weights themselves, if the source checkpoint is here
+        ident += norm_differences(profile, facts.gguf_path, [int(x) for x in profile.layer_map.tolist()])
     return geo, ident
 
 

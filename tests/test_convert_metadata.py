@@ -120,6 +120,25 @@ def test_annotate_validates_geometry_and_identity(tiny_llama: TinyModel, tiny_qw
     assert out.is_file()
 
 
+def test_plain_gguf_is_checked_against_the_profiles_source_weights(tiny_llama: TinyModel, tmp_path: Path) -> None:
+    """A plain GGUF carries no digest; the norm weights of the profile's source checkpoint tell a sibling apart."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    sibling = tmp_path / "sibling-hf"
+    shutil.copytree(tiny_llama.hf_dir, sibling)
+    weights = load_file(str(sibling / "model.safetensors"))
+    weights["model.layers.2.input_layernorm.weight"] = weights["model.layers.2.input_layernorm.weight"] * np.float32(1.5)
+    save_file(weights, str(sibling / "model.safetensors"), metadata={"format": "pt"})
+    prof = replace(make_profile(tiny_llama, seed=10), provenance=replace(make_profile(tiny_llama).provenance, model_id=str(sibling)))
+    rc, err, out = _annotate(tiny_llama, prof, tmp_path, "sibling")
+    assert_clean_failure(rc, err, out, "blk.2.attn_norm.weight differs from model.layers.2.input_layernorm.weight", "--force")
+    # the same profile pointing at the real source is accepted (the norms are compared and equal)
+    rc, err, _ = _annotate(tiny_llama, make_profile(tiny_llama, seed=10), tmp_path, "source")
+    assert rc == 0, err
+
+
 def test_annotate_auto_fits_a_full_profile_to_a_pruned_file(tiny_llama: TinyModel, tmp_path: Path) -> None:
     full = make_profile(tiny_llama, seed=7)
     rc, err, annotated = _annotate(tiny_llama, full, tmp_path, "full")
