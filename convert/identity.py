@@ -4,9 +4,13 @@ Two kinds of difference:
 
 - *geometry* (architecture family, layer count, head counts, head dim, layer map): the profile
   cannot work on the model at all; always refused;
-- *identity* (weights / tokenizer manifests, the source checkpoint's config): the profile is
-  from another checkpoint of the same shape (say, the base model of an instruct GGUF);
-  refused unless the user insists (``--force``).
+- *identity*: the profile is from another checkpoint of the same shape (say, the base model
+  of an instruct GGUF); refused unless the user insists (``--force``). Checked with what is
+  available: the weight / tokenizer manifests of the checkpoint being converted, the
+  ``tappa.source.*`` digests tappa-convert records in every GGUF it writes, the provenance of
+  a profile the GGUF already carries, and -- for a plain GGUF with no digest -- the config and
+  the (float32, never quantized) norm weights of the profile's source checkpoint if that
+  directory is on this machine.
 
 Manifests follow :mod:`tappa_local.calibrate.provenance` exactly:
 ``sha256( for f in sorted(files): relpath(f) + b"\\0" + sha256(f).digest() )`` over the same
