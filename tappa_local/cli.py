@@ -15,7 +15,7 @@ from . import __version__
 from .errors import TappaError
 
 #: subcommand modules, in the order ``--help`` lists them
-COMMANDS: tuple[str, ...] = ("demo", "info", "calibrate", "inspect")
+COMMANDS: tuple[str, ...] = ("demo", "info", "calibrate", "inspect", "chat", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
