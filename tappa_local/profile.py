@@ -67,11 +67,14 @@ class Profile:
     budget_total: int = 0  # default total budget (tokens over all layers), 0: none
     budget_window: int = 32
     budget_n_sink: int = 4
+    budget_scorer: str | None = None  # default eviction scorer (tappa.budget.scorer)
     removed_layers: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ checks
 
     def __post_init__(self) -> None:
+        # stored as f32 in GGUF: keep the value a GGUF round trip gives back
+        object.__setattr__(self, "prune_beta", float(np.float32(self.prune_beta)))
         L, H, Hkv, D = self.n_layer, self.n_head, self.n_head_kv, self.head_dim
         shapes: dict[str, tuple[int, ...]] = {
             "layer_map": (L,),
@@ -203,6 +206,8 @@ class Profile:
         }
         if self.removed_layers:
             kv[S.PRUNED_LAYERS] = (list(self.removed_layers), S.Kind.ARR_I32)
+        if self.budget_scorer:
+            kv[S.BUDGET_SCORER] = (self.budget_scorer, S.Kind.STR)
         if self.qstats_mean is not None and self.qstats_var is not None:
             kv[S.QSTATS_MEAN] = (f32(self.qstats_mean), S.Kind.ARR_F32)
             kv[S.QSTATS_VAR] = (f32(self.qstats_var), S.Kind.ARR_F32)
@@ -254,6 +259,7 @@ class Profile:
             budget_total=int(kv.get(S.BUDGET_TOTAL, 0)),
             budget_window=int(kv.get(S.BUDGET_WINDOW, 32)),
             budget_n_sink=int(kv.get(S.BUDGET_N_SINK, 4)),
+            budget_scorer=str(kv[S.BUDGET_SCORER]) if S.BUDGET_SCORER in kv else None,
             qstats_mean=arr(S.QSTATS_MEAN, (L, H, D)) if has_stats else None,
             qstats_var=arr(S.QSTATS_VAR, (L, H, D)) if has_stats else None,
             qstats_n_sink_skipped=int(kv.get(S.QSTATS_N_SINK_SKIPPED, 0)),

@@ -149,6 +149,11 @@ LLAMA_API int32_t llama_tappa_get_layer_stats(const struct llama_context * ctx, 
 
 LLAMA_API int32_t llama_tappa_get_eviction_stats(const struct llama_context * ctx, struct llama_tappa_eviction_stats * out);
 
+// Benchmark hook: average microseconds to compute the online q-similarity of one layer from
+// its recorded queries (the graph prompt-adaptive TAPPA runs), over n_iter runs of all layers.
+// Needs a context whose scorer or allocation records queries.
+LLAMA_API double llama_tappa_time_qsim(struct llama_context * ctx, int32_t n_iter);
+
 // Allocated KV bytes over all layers, as llama.cpp accounts them (memory_breakdown).
 LLAMA_API int64_t llama_tappa_kv_bytes(const struct llama_context * ctx);
 

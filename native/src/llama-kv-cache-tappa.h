@@ -124,6 +124,9 @@ public:
     // drop every over-budget layer to its budget; returns tokens dropped, or -1 on failure
     int64_t evict(llama_context * lctx);
 
+    // microseconds per layer to compute the online q-similarity from the rings (benchmark hook)
+    double time_qsim(llama_context * lctx, int32_t n_iter);
+
     uint32_t n_head_kv() const { return n_head_kv_; }
     uint32_t n_sink() const { return (uint32_t) cfg.p.n_sink; }
     uint32_t window() const { return (uint32_t) cfg.p.window; }

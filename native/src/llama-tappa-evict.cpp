@@ -444,3 +444,41 @@ bool llama_kv_cache_tappa::compact(llama_context * lctx, std::vector<layer_plan>
     }
     return true;
 }
+
+double llama_kv_cache_tappa::time_qsim(llama_context * lctx, int32_t n_iter) {
+    if (!want_queries || layers.empty() || n_iter < 1) {
+        return -1.0;
+    }
+    const auto & hp = model.hparams;
+    const uint32_t W = (uint32_t) q_pos.size();
+    double total_us = 0.0;
+    for (int32_t it = 0; it < n_iter; ++it) {
+        auto * sched = lctx->get_sched();
+        ggml_backend_sched_reset(sched);
+        auto * res = lctx->get_gf_res_reserve();
+        res->reset();
+        ggml_context * ctx = res->get_ctx();
+        ggml_cgraph  * gf  = res->get_gf();
+        std::vector<ggml_tensor *> outs;
+        for (const auto & st : layers) {
+            const int64_t D = hp.n_embd_head_k(st.il), H = hp.n_head(st.il);
+            // the same ops as llama_tappa_window_stats' q-similarity part
+            ggml_tensor * q = ggml_view_3d(ctx, st.q_win, D, H, W, ggml_row_size(GGML_TYPE_F32, D), st.q_win->nb[1], 0);
+            q = ggml_l2_norm(ctx, ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3)), 1e-8f);
+            ggml_tensor * sim = ggml_sum(ctx, ggml_mul_mat(ctx, q, q));
+            ggml_set_output(sim);
+            ggml_build_forward_expand(gf, sim);
+            outs.push_back(sim);
+        }
+        if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+            return -1.0;
+        }
+        const int64_t t0 = ggml_time_us();
+        if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
+            return -1.0;
+        }
+        ggml_backend_sched_synchronize(sched);
+        total_us += (double) (ggml_time_us() - t0);
+    }
+    return total_us / n_iter / (double) layers.size();
+}

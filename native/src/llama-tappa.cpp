@@ -260,6 +260,18 @@ int32_t llama_tappa_get_eviction_stats(const llama_context * ctx, llama_tappa_ev
     return LLAMA_TAPPA_OK;
 }
 
+double llama_tappa_time_qsim(llama_context * ctx, int32_t n_iter) {
+    auto * kv = tappa_of(ctx);
+    if (!kv) {
+        return fail(LLAMA_TAPPA_ERR_NOT_ENABLED, "the context does not use the tappa KV cache");
+    }
+    const double us = kv->time_qsim(ctx, n_iter);
+    if (us < 0.0) {
+        return fail(LLAMA_TAPPA_ERR_UNSUPPORTED, "the context records no queries (use a window scorer or a prompt-adaptive allocation)");
+    }
+    return us;
+}
+
 int64_t llama_tappa_kv_bytes(const llama_context * ctx) {
     if (!ctx) {
         return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "ctx is NULL");
