@@ -108,6 +108,8 @@ def test_stats_numbers_match_kv_stats(llm: Any, tmp_path: Path) -> None:
     assert float(m.group(1)) == pytest.approx(kv.kv_bytes / 2**20, abs=5e-4)
     assert int(m.group(2).replace(",", "")) == llm.n_ctx()
     assert float(m.group(3)) == pytest.approx(kv.full_kv_bytes / 2**20, abs=5e-4)
+    m = re.search(r"of which\s+: ([\d.]+) MiB K/V cells", shown)
+    assert m and float(m.group(1)) == pytest.approx(sum(x.kv_bytes for x in kv.layers) / 2**20, abs=5e-4)
     m = re.search(r"positions\s+: ([\d,]+) seen", shown)
     assert m and int(m.group(1).replace(",", "")) == kv.tokens_seen
     rows = re.findall(r"^\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+\d+%\s+(\d+)\s+(\d+)$", shown, flags=re.M)

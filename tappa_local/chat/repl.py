@@ -15,6 +15,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from ..errors import TappaError
+from .ingest import ProgressFactory
 from .session import ChatSession, Notice
 from .stats import format_report, status_line
 
@@ -39,11 +40,20 @@ class REPLOptions:
 
 
 class ChatREPL:
-    def __init__(self, session: ChatSession, stdin: TextIO, stdout: TextIO, options: REPLOptions = REPLOptions()) -> None:
+    def __init__(
+        self,
+        session: ChatSession,
+        stdin: TextIO,
+        stdout: TextIO,
+        options: REPLOptions = REPLOptions(),
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        """``progress(total, description)`` makes the bar shown while a document is read (default: tqdm)."""
         self.session = session
         self.stdin = stdin
         self.stdout = stdout
         self.options = options
+        self._progress: ProgressFactory = progress or self._tqdm
         self.interactive = bool(getattr(stdin, "isatty", lambda: False)()) and bool(getattr(stdout, "isatty", lambda: False)())
         session.notify = self._notice
         self._held: list[Notice] | None = None  # notices that arrive while a reply is being written
@@ -204,7 +214,7 @@ class ChatREPL:
             return
         self._write(f"[{notice.level}] {notice.text}\n")
 
-    def _progress(self, total: int, description: str) -> tqdm:
+    def _tqdm(self, total: int, description: str) -> tqdm:
         return tqdm(total=total, desc=description, unit="tok", file=self.stdout, leave=True, dynamic_ncols=self.interactive)
 
     def _autosave(self) -> None:

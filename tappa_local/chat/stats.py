@@ -14,6 +14,7 @@ class LayerOccupancy:
     used: int  #: cells holding a token now
     n_evictions: int
     n_evicted: int
+    kv_bytes: int = 0  #: this layer's K/V cells
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class MemoryReport:
         return self.kv_bytes / self.full_kv_bytes if self.full_kv_bytes else 0.0
 
     @property
+    def cells_bytes(self) -> int:
+        """K/V cells of all layers; ``kv_bytes`` also counts what the scorer keeps (recorded queries)."""
+        return sum(layer.kv_bytes for layer in self.layers)
+
+    @property
     def used_tokens(self) -> int:
         return sum(layer.used for layer in self.layers)
 
@@ -70,6 +76,7 @@ class MemoryReport:
             budget_tokens=self.budget_tokens,
             capacity_tokens=self.capacity_tokens,
             n_evicted=self.n_evicted,
+            cells_mib=self.cells_bytes / 2**20,
         )
         return d
 
@@ -94,7 +101,8 @@ def memory_report(llm: Any) -> MemoryReport:
         scorer=llm.scorer,
         allocation=llm.allocation,
         layers=tuple(
-            LayerOccupancy(lk.layer, lk.budget, lk.capacity, lk.used, lk.n_evictions, lk.n_evicted) for lk in kv.layers
+            LayerOccupancy(lk.layer, lk.budget, lk.capacity, lk.used, lk.n_evictions, lk.n_evicted, lk.kv_bytes)
+            for lk in kv.layers
         ),
     )
 
@@ -119,7 +127,10 @@ def format_report(r: MemoryReport) -> str:
     if not r.compressed:
         lines.append("compression    : off (stock llama.cpp cache)")
         return "\n".join(lines)
+    other = r.kv_bytes - r.cells_bytes
     lines += [
+        f"  of which     : {r.cells_bytes / 2**20:.3f} MiB K/V cells (kept tokens + headroom)"
+        + (f", {other / 2**20:.3f} MiB recorded queries of the scorer" if other > 0 else ""),
         f"compression    : scorer {r.scorer}, allocation {r.allocation}",
         f"tokens kept    : {r.used_tokens:,} cells used of {r.capacity_tokens:,} allocated "
         f"(budget {r.budget_tokens:,} after an eviction), {r.n_evicted:,} evicted so far",
