@@ -48,12 +48,16 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def bundled_gguf(hf_dir: Path = BUNDLED) -> Path:
     """The bundled checkpoint converted to GGUF f16 once, cached by the checkpoint's content."""
-    from tappa_local.localmodels import cache_root, convert_hf_to_gguf  # noqa: PLC0415
+    from tappa_local.localmodels import cache_root, convert_hf_to_gguf
 
     if not (hf_dir / "config.json").is_file():
-        raise SystemExit(f"{hf_dir} holds no checkpoint yet (the bundled model is trained into it); pass --model FILE.gguf")
+        raise SystemExit(
+            f"{hf_dir} holds no checkpoint yet (the bundled model is trained into it); pass --model FILE.gguf"
+        )
     h = hashlib.sha256()
-    for name in sorted(p.name for p in hf_dir.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model")):
+    for name in sorted(
+        p.name for p in hf_dir.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors", ".model")
+    ):
         h.update(name.encode() + (hf_dir / name).read_bytes())
     out = cache_root() / "models" / f"tappa-mini-{h.hexdigest()[:16]}" / "tappa-mini-f16.gguf"
     if not out.is_file():
@@ -128,13 +132,15 @@ class ScriptedChat:
     """Types lines into the terminal chat and records what happens."""
 
     def __init__(self, llm: Any, config: Any, workdir: Path, mode: str) -> None:
-        from tappa_local.chat.repl import ChatREPL, REPLOptions  # noqa: PLC0415
-        from tappa_local.chat.session import ChatSession  # noqa: PLC0415
+        from tappa_local.chat.repl import ChatREPL, REPLOptions
+        from tappa_local.chat.session import ChatSession
 
         self.llm = llm
         self.session = ChatSession(llm, config)
         self.out = io.StringIO()
-        self.repl = ChatREPL(self.session, io.StringIO(), self.out, REPLOptions(), progress=lambda total, desc: _SamplingBar(self))
+        self.repl = ChatREPL(
+            self.session, io.StringIO(), self.out, REPLOptions(), progress=lambda total, desc: _SamplingBar(self)
+        )
         self.workdir = workdir
         self.run = RunLog(mode)
         self._step = 0
@@ -205,7 +211,7 @@ def _split_question(content: str) -> tuple[str, str]:
 
 
 def _kv_pairs(doc: str) -> list[tuple[str, str]]:
-    return re.findall(r"^([a-z]+-[a-z]+): (\d+)$", doc, flags=re.M)
+    return re.findall(r"^([a-z]+-[a-z]+): (\d+)$", doc, flags=re.MULTILINE)
 
 
 def part_a(chat: ScriptedChat, count: Any, doc_tokens: int, seed: int) -> None:
@@ -215,7 +221,7 @@ def part_a(chat: ScriptedChat, count: Any, doc_tokens: int, seed: int) -> None:
     chat.type("/reset")
     n = chat.load(f"kv-list-{seed}.txt", doc)
     for depth in DEPTHS:
-        key, value = pairs[min(int(round(depth * (len(pairs) - 1))), len(pairs) - 1)]
+        key, value = pairs[min(round(depth * (len(pairs) - 1)), len(pairs) - 1)]
         chat.ask(Question("A", "kv", depth, value, doc_tokens=n), f"What is the value of {key}?")
     chat.type("/stats")
 
@@ -233,8 +239,8 @@ def part_b(chat: ScriptedChat, count: Any, doc_tokens: int, seeds: Sequence[int]
 
 
 def run_mode(model: Path, mode: str, args: argparse.Namespace) -> RunLog:
-    from tappa_local.chat.model import ModelOptions, load_model  # noqa: PLC0415
-    from tappa_local.chat.session import ChatConfig  # noqa: PLC0415
+    from tappa_local.chat.model import ModelOptions, load_model
+    from tappa_local.chat.session import ChatConfig
 
     compress = mode == "compressed"
     opts = ModelOptions(
@@ -249,7 +255,7 @@ def run_mode(model: Path, mode: str, args: argparse.Namespace) -> RunLog:
     )
     llm = load_model(opts)
     try:
-        count = lambda s: len(llm.tokenize(s.encode("utf-8"), add_bos=False))  # noqa: E731
+        count = lambda s: len(llm.tokenize(s.encode("utf-8"), add_bos=False))
         config = ChatConfig(max_tokens=16, temperature=0.0, top_k=1, repeat_penalty=1.0)
         with tempfile.TemporaryDirectory() as tmp:
             chat = ScriptedChat(llm, config, Path(tmp), mode)
@@ -282,7 +288,9 @@ def summarise(run: RunLog, budget_mib: float | None, full_mib: float) -> dict[st
     per_depth: dict[str, dict[str, Any]] = {}
     for q in run.questions:
         key = f"{q.part}/{q.task}/{q.depth:g}"
-        d = per_depth.setdefault(key, {"part": q.part, "task": q.task, "depth": q.depth, "n": 0, "exact": 0, "lenient": 0})
+        d = per_depth.setdefault(
+            key, {"part": q.part, "task": q.task, "depth": q.depth, "n": 0, "exact": 0, "lenient": 0}
+        )
         d["n"] += 1
         d["exact"] += int(q.exact)
         d["lenient"] += int(q.lenient)
@@ -317,9 +325,11 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Long-document chat session (tappa-local chat, scripted)",
         "",
-        f"Model: `{cfg['model_name']}` ({cfg['n_layer']} layers, trained context {cfg['n_ctx_train']}); "
-        f"n_ctx {cfg['n_ctx']}, n_batch {cfg['n_batch']}; compressed cache: {cfg['budget_mib']} MiB in all "
-        f"(scorer {cfg['scorer']}, allocation {cfg['allocation']}). Greedy answers, at most 16 tokens.",
+        (
+            f"Model: `{cfg['model_name']}` ({cfg['n_layer']} layers, trained context {cfg['n_ctx_train']}); "
+            f"n_ctx {cfg['n_ctx']}, n_batch {cfg['n_batch']}; compressed cache: {cfg['budget_mib']} MiB in all "
+            f"(scorer {cfg['scorer']}, allocation {cfg['allocation']}). Greedy answers, at most 16 tokens."
+        ),
         "",
         "Exact = the reply is the expected number and nothing else (ended by EOS); lenient = it starts with it.",
         "",
@@ -335,24 +345,44 @@ def markdown(data: dict[str, Any]) -> str:
         )  # fmt: skip
     lines.append(
         report.markdown_table(
-            ["cache", "samples", "max K/V cells MiB", "max total MiB", "budget MiB", "full cache MiB", "cells within budget", "used <= capacity", "layer capacity (tokens)", "max positions", "rollovers"],
+            [
+                "cache",
+                "samples",
+                "max K/V cells MiB",
+                "max total MiB",
+                "budget MiB",
+                "full cache MiB",
+                "cells within budget",
+                "used <= capacity",
+                "layer capacity (tokens)",
+                "max positions",
+                "rollovers",
+            ],
             rows,
         )
     )
     lines += [
         "",
-        "K/V cells = the kept tokens plus headroom of every layer, what `--budget-mib` sizes; total = llama.cpp's "
-        "whole KV memory (`kv_stats().kv_bytes`), which also holds the window scorer's recorded queries.",
+        (
+            "K/V cells = the kept tokens plus headroom of every layer, what `--budget-mib` sizes; total = llama.cpp's "
+            "whole KV memory (`kv_stats().kv_bytes`), which also holds the window scorer's recorded queries."
+        ),
     ]
     if comp and comp["max_layer_capacity"]:
         lines += [
             "",
-            f"Documents: part A {cfg['doc_tokens_a']} tokens, parts B/C {cfg['doc_tokens_b']} tokens = "
-            f"{cfg['doc_tokens_a'] / comp['max_layer_capacity']:.1f}x / {cfg['doc_tokens_b'] / comp['max_layer_capacity']:.1f}x "
-            "what one layer of the compressed cache can hold.",
+            (
+                f"Documents: part A {cfg['doc_tokens_a']} tokens, parts B/C {cfg['doc_tokens_b']} tokens = "
+                f"{cfg['doc_tokens_a'] / comp['max_layer_capacity']:.1f}x / "
+                f"{cfg['doc_tokens_b'] / comp['max_layer_capacity']:.1f}x what one layer of the compressed cache can hold."
+            ),
         ]
     lines += ["", "## Accuracy", ""]
-    part_names = {"A": "A: one document, five questions", "B": "B: one document per question (/reset)", "C": "C: one long session (rollovers)"}
+    part_names = {
+        "A": "A: one document, five questions",
+        "B": "B: one document per question (/reset)",
+        "C": "C: one long session (rollovers)",
+    }
     rows = []
     for part, name in part_names.items():
         row: list[Any] = [name]
@@ -372,7 +402,9 @@ def markdown(data: dict[str, Any]) -> str:
         for part, task in keys:
             row = [part, task]
             for depth in DEPTHS:
-                d = next((x for x in m["per_depth"] if x["part"] == part and x["task"] == task and x["depth"] == depth), None)
+                d = next(
+                    (x for x in m["per_depth"] if x["part"] == part and x["task"] == task and x["depth"] == depth), None
+                )
                 row.append(f"{d['exact']}/{d['n']}" if d else "-")
             rows.append(row)
         lines += [f"**{mode} cache**", "", report.markdown_table(header, rows), ""]
@@ -380,7 +412,15 @@ def markdown(data: dict[str, Any]) -> str:
     comp_run = next((r for r in data["runs"] if r["mode"] == "compressed"), None)
     if comp_run:
         rows = [
-            [q["part"], q["task"], f"{q['depth']:g}", q["answer"], repr(q["reply"])[:40], "yes" if q["exact"] else "no", q["sequence"]]
+            [
+                q["part"],
+                q["task"],
+                f"{q['depth']:g}",
+                q["answer"],
+                repr(q["reply"])[:40],
+                "yes" if q["exact"] else "no",
+                q["sequence"],
+            ]
             for q in comp_run["questions"][:12]
         ]
         lines.append(report.markdown_table(["part", "task", "depth", "expected", "reply", "exact", "sequence"], rows))
@@ -388,16 +428,34 @@ def markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, help="GGUF to run (default: the bundled tappa-mini, converted to f16 once)")
-    ap.add_argument("--budget-mib", type=float, default=0.5, help="KV memory of the compressed run, headroom included (default: %(default)s)")
+    ap.add_argument(
+        "--budget-mib",
+        type=float,
+        default=0.5,
+        help="KV memory of the compressed run, headroom included (default: %(default)s)",
+    )
     ap.add_argument("--scorer", default=None, help="eviction scorer (default: the GGUF's, else snapkv)")
     ap.add_argument("--allocation", default="default", help="layer allocation (default: %(default)s)")
-    ap.add_argument("--n-ctx", type=int, default=2048, help="position limit of one sequence (default: %(default)s, tappa-mini's training length)")
+    ap.add_argument(
+        "--n-ctx",
+        type=int,
+        default=2048,
+        help="position limit of one sequence (default: %(default)s, tappa-mini's training length)",
+    )
     ap.add_argument("--n-batch", type=int, default=128, help="chunk size and per-layer headroom (default: %(default)s)")
-    ap.add_argument("--doc-tokens-a", type=int, default=1600, help="part A document length in tokens (default: %(default)s)")
-    ap.add_argument("--doc-tokens-b", type=int, default=1400, help="parts B/C document length in tokens (default: %(default)s)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the part B documents (default: %(default)s)")
+    ap.add_argument(
+        "--doc-tokens-a", type=int, default=1600, help="part A document length in tokens (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--doc-tokens-b", type=int, default=1400, help="parts B/C document length in tokens (default: %(default)s)"
+    )
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the part B documents (default: %(default)s)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baseline", action="store_true", help="skip the run on the stock (full) cache")
     ap.add_argument("--out", default="chat_session", help="result name under bench/results (default: %(default)s)")
@@ -405,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     model = args.model or bundled_gguf()
-    from tappa_local.runtime import model_geometry  # noqa: PLC0415
+    from tappa_local.runtime import model_geometry
 
     geo = model_geometry(model)
     runs = [run_mode(model, "compressed", args)]
@@ -431,7 +489,12 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": summary,
         "runs": [
-            {"mode": r.mode, "questions": [asdict(q) for q in r.questions], "samples": [asdict(s) for s in r.samples], "transcript_tail": r.transcript_tail}
+            {
+                "mode": r.mode,
+                "questions": [asdict(q) for q in r.questions],
+                "samples": [asdict(s) for s in r.samples],
+                "transcript_tail": r.transcript_tail,
+            }
             for r in runs
         ],
     }

@@ -22,8 +22,8 @@ import pytest
 openai = pytest.importorskip("openai", reason="the dev extra installs openai")
 pytest.importorskip("fastapi", reason="the server extra installs fastapi")
 
-from tappa_local.localmodels import TinyModel  # noqa: E402
-from tappa_local.server.process import ServerProcess, serve_process  # noqa: E402
+from tappa_local.localmodels import TinyModel
+from tappa_local.server.process import ServerProcess, serve_process
 
 N_CTX = 1024
 ALIAS = "tiny"
@@ -32,7 +32,20 @@ ALIAS = "tiny"
 @pytest.fixture(scope="module")
 def server(tiny_llama: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
-    args = ["--budget", "48", "--n-batch", "64", "--n-ctx", str(N_CTX), "--threads", "2", "--max-queue", "1", "--model-alias", ALIAS]
+    args = [
+        "--budget",
+        "48",
+        "--n-batch",
+        "64",
+        "--n-ctx",
+        str(N_CTX),
+        "--threads",
+        "2",
+        "--max-queue",
+        "1",
+        "--model-alias",
+        ALIAS,
+    ]
     with serve_process(tiny_llama.gguf_path, args, log_path=log) as srv:
         yield srv
 
@@ -43,9 +56,11 @@ def client(server: ServerProcess) -> Any:
 
 
 def _post_raw(server: ServerProcess, path: str, body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
-    req = urllib.request.Request(server.url + path, data=body, headers={"content-type": "application/json"}, method="POST")
+    req = urllib.request.Request(
+        server.url + path, data=body, headers={"content-type": "application/json"}, method="POST"
+    )
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read()), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read()), dict(e.headers)
@@ -71,7 +86,9 @@ def test_completion(client: Any) -> None:
 def _stream_chat(client: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, str | None]:
     pieces: list[str] = []
     finish = None
-    with client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=max_tokens, temperature=0, stream=True) as stream:
+    with client.chat.completions.create(
+        model=ALIAS, messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+    ) as stream:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
@@ -103,7 +120,10 @@ def test_chat_streaming_matches_non_streaming(client: Any, server: ServerProcess
 
 
 def test_chat_turns_continue_the_cache(client: Any, server: ServerProcess) -> None:
-    messages = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": _long_prompt("alpha")}]
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": _long_prompt("alpha")},
+    ]
     first = client.chat.completions.create(model=ALIAS, messages=messages, max_tokens=12, temperature=0)
     reply = first.choices[0].message.content
     assert isinstance(reply, str)
@@ -153,14 +173,18 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(client: Any, server: 
     assert bad.value.body["code"] == "context_length_exceeded"
     # a streaming request is refused before the stream starts, not half-way through it
     with pytest.raises(openai.BadRequestError) as bad_stream:
-        client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": too_long}], max_tokens=4, stream=True)
+        client.chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": too_long}], max_tokens=4, stream=True
+        )
     assert bad_stream.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError) as bad_completion:
         client.completions.create(model=ALIAS, prompt=too_long, max_tokens=4)
     assert bad_completion.value.body["code"] == "context_length_exceeded"
 
     # the chat template of this model has no "tool" role handling problems; an unknown role is the template's call
-    out = client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": "still there?"}], max_tokens=4)
+    out = client.chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "still there?"}], max_tokens=4
+    )
     assert out.choices[0].message.role == "assistant"
     assert server.process.poll() is None
 
@@ -212,7 +236,7 @@ def test_concurrent_requests_are_serialised_or_refused(client: Any, server: Serv
 
 
 def test_web_page_and_health(server: ServerProcess) -> None:
-    with urllib.request.urlopen(server.url + "/", timeout=10) as r:  # noqa: S310
+    with urllib.request.urlopen(server.url + "/", timeout=10) as r:
         html = r.read().decode()
     assert "<title>tappa-local chat</title>" in html and "v1/tappa/stats" in html
     assert server.get_json("/health")["status"] == "ok"
@@ -228,7 +252,16 @@ def test_serve_help_explains_flags() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     text = sub.choices["serve"].format_help()  # type: ignore[union-attr]
-    for flag in ("--host", "--port", "--budget", "--budget-mib", "--max-queue", "--interrupt-streams", "--api-key", "--allow-origin"):
+    for flag in (
+        "--host",
+        "--port",
+        "--budget",
+        "--budget-mib",
+        "--max-queue",
+        "--interrupt-streams",
+        "--api-key",
+        "--allow-origin",
+    ):
         assert flag in text
     assert "503" in text and "127.0.0.1" in text
 
@@ -236,6 +269,8 @@ def test_serve_help_explains_flags() -> None:
 def test_wrong_model_file_fails_cleanly(tmp_path: Path) -> None:
     bogus = tmp_path / "not-a-model.gguf"
     bogus.write_bytes(b"nope")
-    with pytest.raises(RuntimeError, match="exited"):
-        with serve_process(bogus, ["--budget", "48"], log_path=tmp_path / "log.txt", startup_timeout=60):
-            pass
+    with (
+        pytest.raises(RuntimeError, match="exited"),
+        serve_process(bogus, ["--budget", "48"], log_path=tmp_path / "log.txt", startup_timeout=60),
+    ):
+        pass

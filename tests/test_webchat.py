@@ -34,11 +34,11 @@ ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "webchat.png"
 def _browser_problems() -> list[str]:
     problems = []
     try:
-        import playwright.sync_api  # noqa: F401, PLC0415
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         problems.append("the playwright Python package is not installed (it is in the dev extra)")
     try:
-        from fastapi import FastAPI  # noqa: F401, PLC0415
+        from fastapi import FastAPI  # noqa: F401
     except ImportError:
         problems.append("the server extra (fastapi, uvicorn, ...) is not installed")
     if not CHROMIUM.is_file():
@@ -54,7 +54,7 @@ def browser() -> Iterator[Any]:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI=true and the browser test cannot run: {message}")
         pytest.skip(f"web chat browser test skipped: {message}")
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
+    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -66,7 +66,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def server(browser: Any, tiny_llama: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tappa_local.server.process import serve_process  # noqa: PLC0415
+    from tappa_local.server.process import serve_process
 
     log = tmp_path_factory.mktemp("webchat") / "server.log"
     args = ["--budget", "48", "--n-batch", "64", "--n-ctx", "2048", "--threads", "2", "--model-alias", "tiny-llama"]
@@ -116,7 +116,9 @@ def test_webchat_streams_a_reply_and_shows_the_memory_gauge(browser: Any, server
     response = resp_info.value
     assert response.status == 200 and response.headers["content-type"].startswith("text/event-stream")
     page.wait_for_function("!document.getElementById('send').disabled", timeout=120_000)
-    page.wait_for_function("document.querySelectorAll('.msg.assistant .body')[0].textContent.length > 0", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.assistant .body')[0].textContent.length > 0", timeout=60_000
+    )
 
     bubbles = page.query_selector_all(".msg")
     roles = [b.get_attribute("class") for b in bubbles]
@@ -138,7 +140,10 @@ def test_webchat_streams_a_reply_and_shows_the_memory_gauge(browser: Any, server
     # a second message continues the cached conversation: the page sends the reply back verbatim
     page.fill("#input", "And item 9?")
     page.press("#input", "Enter")
-    page.wait_for_function("document.querySelectorAll('.msg.assistant').length == 2 && !document.getElementById('send').disabled", timeout=120_000)
+    page.wait_for_function(
+        "document.querySelectorAll('.msg.assistant').length == 2 && !document.getElementById('send').disabled",
+        timeout=120_000,
+    )
     second = server.get_json("/v1/tappa/stats")["last_chat_prompt"]
     assert second["reused"] >= n_doc_tokens, second
 

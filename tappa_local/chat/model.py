@@ -40,14 +40,14 @@ class ModelOptions:
         """Keyword arguments for ``TappaLlama(model_path, **kwargs)``."""
         n_ctx = self.n_ctx or n_ctx_train or FALLBACK_N_CTX
         threads = self.n_threads or max(1, os.cpu_count() or 1)
-        kwargs: dict[str, Any] = dict(
-            n_ctx=n_ctx,
-            n_batch=min(self.n_batch, n_ctx),
-            n_threads=threads,
-            n_threads_batch=threads,
-            seed=self.seed,
-            verbose=self.verbose,
-        )
+        kwargs: dict[str, Any] = {
+            "n_ctx": n_ctx,
+            "n_batch": min(self.n_batch, n_ctx),
+            "n_threads": threads,
+            "n_threads_batch": threads,
+            "seed": self.seed,
+            "verbose": self.verbose,
+        }
         if not self.compress:
             kwargs["compress"] = False
             return kwargs
@@ -64,8 +64,8 @@ class ModelOptions:
 def load_model(opts: ModelOptions, cls: type | None = None) -> Any:
     """Open ``opts.model_path`` as a ``TappaLlama`` (or the subclass ``cls``); errors are
     :class:`~tappa_local.errors.TappaError`."""
-    from ..modelfile import check_gguf_header  # noqa: PLC0415
-    from ..runtime import TappaLlama, model_geometry  # noqa: PLC0415 - loads the native library
+    from ..modelfile import check_gguf_header
+    from ..runtime import TappaLlama, model_geometry
 
     path = str(opts.model_path)
     check_gguf_header(path)
@@ -81,7 +81,7 @@ def load_model(opts: ModelOptions, cls: type | None = None) -> Any:
 def add_model_arguments(parser: argparse.ArgumentParser, *, default_n_batch: int = 256) -> None:
     """The model/KV options shared by ``tappa-local chat`` and ``tappa-local serve``."""
     # capi mirrors the C header without loading the library, so `--help` stays instant
-    from ..capi import AllocationKind  # noqa: PLC0415
+    from ..capi import AllocationKind
 
     allocations = sorted(a.name.lower() for a in AllocationKind if a is not AllocationKind.EXPLICIT)
     parser.add_argument("model", type=Path, metavar="MODEL.gguf", help="the GGUF model to run")
@@ -100,7 +100,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, default_n_batch: int
         metavar="MIB",
         help="total KV cache memory in MiB, the per-layer headroom of --n-batch cells included",
     )
-    b.add_argument("--no-compress", action="store_true", help="use llama.cpp's stock, uncompressed KV cache (for comparison)")
+    b.add_argument(
+        "--no-compress", action="store_true", help="use llama.cpp's stock, uncompressed KV cache (for comparison)"
+    )
     g.add_argument("--window", type=int, help="recent tokens every layer always keeps (default: the GGUF's, else 32)")
     g.add_argument("--n-sink", type=int, help="first tokens every layer always keeps (default: the GGUF's, else 4)")
     g.add_argument(

@@ -54,7 +54,9 @@ class ChatREPL:
         self.stdout = stdout
         self.options = options
         self._progress: ProgressFactory = progress or self._tqdm
-        self.interactive = bool(getattr(stdin, "isatty", lambda: False)()) and bool(getattr(stdout, "isatty", lambda: False)())
+        self.interactive = bool(getattr(stdin, "isatty", lambda: False)()) and bool(
+            getattr(stdout, "isatty", lambda: False)()
+        )
         session.notify = self._notice
         self._held: list[Notice] | None = None  # notices that arrive while a reply is being written
         self._commands: dict[str, Callable[[str], bool]] = {
@@ -72,7 +74,7 @@ class ChatREPL:
     def run(self) -> int:
         if self.interactive:
             try:
-                import readline  # noqa: F401, PLC0415 - line editing and history for input()
+                import readline  # noqa: F401 - line editing and history for input()
             except ImportError:  # pragma: no cover - not on every platform
                 pass
         while True:
@@ -215,7 +217,9 @@ class ChatREPL:
         self._write(f"[{notice.level}] {notice.text}\n")
 
     def _tqdm(self, total: int, description: str) -> tqdm:
-        return tqdm(total=total, desc=description, unit="tok", file=self.stdout, leave=True, dynamic_ncols=self.interactive)
+        return tqdm(
+            total=total, desc=description, unit="tok", file=self.stdout, leave=True, dynamic_ncols=self.interactive
+        )
 
     def _autosave(self) -> None:
         if self.options.autosave is not None:

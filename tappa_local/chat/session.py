@@ -25,7 +25,6 @@ from .policy import ContextFullError, ContextPolicy
 from .stats import MemoryReport, memory_report, position_limit
 from .transcript import Transcript
 
-
 #: a prompt with more new tokens than this is read with a progress bar before the reply
 REREAD_PROGRESS_TOKENS = 512
 
@@ -111,7 +110,9 @@ def _noop(_: Notice) -> None:
 class ChatSession:
     """Drives one ``TappaLlama`` as a chat. Not thread-safe (one conversation, one cache)."""
 
-    def __init__(self, llm: Any, config: ChatConfig = ChatConfig(), *, notify: Callable[[Notice], None] = _noop) -> None:
+    def __init__(
+        self, llm: Any, config: ChatConfig = ChatConfig(), *, notify: Callable[[Notice], None] = _noop
+    ) -> None:
         self.llm = llm
         self.config = config
         self.notify = notify
@@ -311,7 +312,8 @@ class ChatSession:
         carried: list[_SequenceTurn] = []
         for n in range(1, min(self.policy.max_carry_turns, len(self._s.sequence)) + 1):
             candidate = [
-                _SequenceTurn(self._carried_user_content(st.turn), st.assistant, st.turn) for st in self._s.sequence[-n:]
+                _SequenceTurn(self._carried_user_content(st.turn), st.assistant, st.turn)
+                for st in self._s.sequence[-n:]
             ]
             msgs = [*self._system_messages()]
             for st in candidate:

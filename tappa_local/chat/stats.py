@@ -119,21 +119,28 @@ def status_line(r: MemoryReport) -> str:
 def format_report(r: MemoryReport) -> str:
     """The ``/stats`` text."""
     lines = [
-        f"KV memory      : {r.kv_mib:.3f} MiB now, the full cache for n_ctx {r.n_ctx:,} would take {r.full_kv_mib:.3f} MiB "
-        f"({100 * r.kv_fraction:.1f}%)",
-        f"positions      : {r.tokens_seen:,} seen in this sequence, limit {r.limit:,} "
-        f"(trained context {r.n_ctx_train:,}, n_ctx {r.n_ctx:,})",
+        (
+            f"KV memory      : {r.kv_mib:.3f} MiB now, the full cache for n_ctx {r.n_ctx:,} would take "
+            f"{r.full_kv_mib:.3f} MiB ({100 * r.kv_fraction:.1f}%)"
+        ),
     ]
+    other = r.kv_bytes - r.cells_bytes
+    if r.compressed:
+        extra = f", {other / 2**20:.3f} MiB recorded queries of the scorer" if other > 0 else ""
+        lines.append(f"  of which     : {r.cells_bytes / 2**20:.3f} MiB K/V cells (kept tokens + headroom){extra}")
+    lines.append(
+        f"positions      : {r.tokens_seen:,} seen in this sequence, limit {r.limit:,} "
+        f"(trained context {r.n_ctx_train:,}, n_ctx {r.n_ctx:,})"
+    )
     if not r.compressed:
         lines.append("compression    : off (stock llama.cpp cache)")
         return "\n".join(lines)
-    other = r.kv_bytes - r.cells_bytes
     lines += [
-        f"  of which     : {r.cells_bytes / 2**20:.3f} MiB K/V cells (kept tokens + headroom)"
-        + (f", {other / 2**20:.3f} MiB recorded queries of the scorer" if other > 0 else ""),
         f"compression    : scorer {r.scorer}, allocation {r.allocation}",
-        f"tokens kept    : {r.used_tokens:,} cells used of {r.capacity_tokens:,} allocated "
-        f"(budget {r.budget_tokens:,} after an eviction), {r.n_evicted:,} evicted so far",
+        (
+            f"tokens kept    : {r.used_tokens:,} cells used of {r.capacity_tokens:,} allocated "
+            f"(budget {r.budget_tokens:,} after an eviction), {r.n_evicted:,} evicted so far"
+        ),
         "",
         f"{'layer':>5} {'budget':>7} {'capacity':>8} {'used':>6} {'occupancy':>9} {'evictions':>9} {'evicted':>8}",
     ]

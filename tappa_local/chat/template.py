@@ -15,7 +15,7 @@ from typing import Any
 from .. import native
 
 native.load()  # llama_cpp must be imported through the patched build
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter, chat_formatter_to_chat_completion_handler  # noqa: E402
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter, chat_formatter_to_chat_completion_handler
 
 #: ChatML, for GGUFs that carry no chat template
 FALLBACK_TEMPLATE = (
@@ -52,7 +52,9 @@ class ChatTemplate:
         eos = model.token_get_text(eos_id) if eos_id != -1 else ""
         bos = model.token_get_text(bos_id) if bos_id != -1 else ""
         template = llm.metadata.get("tokenizer.chat_template")
-        return cls(template or FALLBACK_TEMPLATE, bos_token=bos, eos_token=eos, eos_token_id=eos_id, from_gguf=bool(template))
+        return cls(
+            template or FALLBACK_TEMPLATE, bos_token=bos, eos_token=eos, eos_token_id=eos_id, from_gguf=bool(template)
+        )
 
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt for ``messages``, ending with the assistant's generation prompt."""

@@ -32,7 +32,9 @@ class Transcript:
         return entry
 
     def to_json(self) -> str:
-        return json.dumps({"format": "tappa-local-chat-transcript/1", "entries": [asdict(e) for e in self.entries]}, indent=2)
+        return json.dumps(
+            {"format": "tappa-local-chat-transcript/1", "entries": [asdict(e) for e in self.entries]}, indent=2
+        )
 
     def to_markdown(self) -> str:
         out: list[str] = ["# tappa-local chat transcript", ""]
@@ -42,7 +44,10 @@ class Transcript:
                 out += [f"## {e.kind} ({stamp})", "", e.text, ""]
             elif e.kind == "document":
                 m = e.meta
-                out += [f"> document loaded ({stamp}): `{m.get('name')}`, {m.get('n_tokens', '?')} tokens, sha256 {m.get('sha256', '?')[:16]}", ""]
+                out += [
+                    f"> document loaded ({stamp}): `{m.get('name')}`, {m.get('n_tokens', '?')} tokens, sha256 {m.get('sha256', '?')[:16]}",
+                    "",
+                ]
             else:
                 out += [f"> {e.kind} ({stamp}): {e.text}", ""]
         return "\n".join(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..chat.model import add_model_arguments  # noqa: PLC0415 - no native library needed for --help
+    from ..chat.model import add_model_arguments
 
     p = sub.add_parser(
         "chat",
@@ -31,10 +31,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--system", metavar="TEXT", help="system prompt (default: none)")
     c.add_argument("--system-file", type=Path, metavar="FILE", help="read the system prompt from FILE")
     c.add_argument("--max-tokens", type=int, default=512, help="longest reply in tokens (default: %(default)s)")
-    c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default: %(default)s)")
+    c.add_argument(
+        "--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default: %(default)s)"
+    )
     c.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: %(default)s)")
     c.add_argument("--top-k", type=int, default=40, help="sample among the k most likely tokens (default: %(default)s)")
-    c.add_argument("--repeat-penalty", type=float, default=1.1, help="penalty for repeated tokens (default: %(default)s)")
+    c.add_argument(
+        "--repeat-penalty", type=float, default=1.1, help="penalty for repeated tokens (default: %(default)s)"
+    )
     c.add_argument(
         "--on-context-full",
         choices=("rollover", "refuse"),
@@ -49,16 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="most turns a rollover carries into the new sequence (they may take at most a quarter of the "
         "limit; default: %(default)s)",
     )
-    c.add_argument("--transcript", type=Path, metavar="FILE", help="keep the transcript in FILE, rewritten after every turn")
+    c.add_argument(
+        "--transcript", type=Path, metavar="FILE", help="keep the transcript in FILE, rewritten after every turn"
+    )
     c.add_argument("--no-status", action="store_true", help="no KV/positions status line after each reply")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..chat.model import load_model, options_from_args  # noqa: PLC0415
-    from ..chat.repl import ChatREPL, REPLOptions  # noqa: PLC0415
-    from ..chat.session import ChatConfig, ChatSession  # noqa: PLC0415
-    from ..chat.stats import format_report  # noqa: PLC0415
+    from ..chat.model import load_model, options_from_args
+    from ..chat.repl import ChatREPL, REPLOptions
+    from ..chat.session import ChatConfig, ChatSession
+    from ..chat.stats import format_report
 
     system = args.system
     if args.system_file is not None:

@@ -8,7 +8,7 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..chat.model import add_model_arguments  # noqa: PLC0415
+    from ..chat.model import add_model_arguments
 
     p = sub.add_parser(
         "serve",
@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
     s.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
-    s.add_argument("--model-alias", metavar="NAME", help="model id clients send (default: the GGUF file name without .gguf)")
+    s.add_argument(
+        "--model-alias", metavar="NAME", help="model id clients send (default: the GGUF file name without .gguf)"
+    )
     s.add_argument(
         "--max-queue",
         type=int,
@@ -51,7 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="let web pages from ORIGIN call the API (CORS; repeatable; '*' for any). Not needed for the built-in page",
     )
     s.add_argument("--no-webchat", action="store_true", help="do not serve the web chat page at /")
-    s.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn log level")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn log level",
+    )
     p.set_defaults(func=run)
 
 
@@ -66,13 +73,13 @@ def _is_loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import uvicorn  # noqa: PLC0415
+        import uvicorn
     except ImportError:
         print("tappa-local serve needs the server extra: pip install 'tappa-local[server]'", file=sys.stderr)
         return 2
-    from ..chat.model import options_from_args  # noqa: PLC0415
-    from ..server.app import create_app  # noqa: PLC0415
-    from ..server.config import ServeConfig  # noqa: PLC0415
+    from ..chat.model import options_from_args
+    from ..server.app import create_app
+    from ..server.config import ServeConfig
 
     config = ServeConfig(
         model=options_from_args(args),
@@ -95,10 +102,21 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if report.n_ctx_train and report.n_ctx > report.n_ctx_train:
-        print(f"warning: --n-ctx {report.n_ctx} is past the trained context ({report.n_ctx_train}); longer prompts are out of distribution", file=sys.stderr)
+        print(
+            f"warning: --n-ctx {report.n_ctx} is past the trained context ({report.n_ctx_train}); longer prompts are out of distribution",
+            file=sys.stderr,
+        )
     if not _is_loopback(config.host):
-        print(f"warning: listening on {config.host}, reachable from other machines" + ("" if config.api_key else " without an --api-key"), file=sys.stderr)
+        print(
+            f"warning: listening on {config.host}, reachable from other machines"
+            + ("" if config.api_key else " without an --api-key"),
+            file=sys.stderr,
+        )
     shown = "127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host
-    print(f"OpenAI API: http://{shown}:{config.port}/v1" + (f"   web chat: http://{shown}:{config.port}/" if config.webchat else ""), file=sys.stderr)
+    print(
+        f"OpenAI API: http://{shown}:{config.port}/v1"
+        + (f"   web chat: http://{shown}:{config.port}/" if config.webchat else ""),
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level)
     return 0

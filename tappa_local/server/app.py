@@ -17,10 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import llama_cpp.server.app as upstream
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware import Middleware
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from llama_cpp.server.settings import ServerSettings
+from starlette_context.middleware import RawContextMiddleware
+from starlette_context.plugins import RequestIdPlugin
 
 from .. import __version__
 from .config import ServeConfig
@@ -28,11 +32,6 @@ from .errors import TappaRouteErrorHandler
 from .gate import BusyGate, Queue
 from .model import TappaLlamaProxy
 from .routes import build_router
-
-import llama_cpp.server.app as upstream  # noqa: E402,I001 - after tappa_local loaded the patched library
-from llama_cpp.server.settings import ServerSettings  # noqa: E402
-from starlette_context.middleware import RawContextMiddleware  # noqa: E402
-from starlette_context.plugins import RequestIdPlugin  # noqa: E402
 
 #: upstream routes we answer ourselves (see routes.py)
 OVERRIDDEN = frozenset({"/v1/models"})

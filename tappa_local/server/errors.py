@@ -26,14 +26,22 @@ from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from llama_cpp.server.errors import RouteErrorHandler
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 
 from .model import TappaLlamaProxy, UnknownModelError
 
-from llama_cpp.server.errors import RouteErrorHandler  # noqa: E402,I001
-from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest  # noqa: E402
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.payload = {"message": message, "type": type_, "param": param, "code": code}

@@ -61,7 +61,11 @@ class BusyGate:
         return self.queue.max_queue
 
     def _gated(self, scope: Scope) -> bool:
-        return scope["type"] == "http" and scope.get("method") == "POST" and str(scope.get("path", "")).startswith(MODEL_PATH_PREFIXES)
+        return (
+            scope["type"] == "http"
+            and scope.get("method") == "POST"
+            and str(scope.get("path", "")).startswith(MODEL_PATH_PREFIXES)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._gated(scope):
@@ -93,7 +97,11 @@ class BusyGate:
             {
                 "type": "http.response.start",
                 "status": 503,
-                "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", b"1"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})

@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from llama_cpp.server.model import LlamaProxy
+from llama_cpp.server.settings import ModelSettings
+
 from ..chat.continuation import ContinuationChatHandler, install
 from ..chat.model import ModelOptions, load_model
 from ..chat.stats import MemoryReport, memory_report
 from ..errors import TappaError
 from ..runtime import TappaLlama
-
-from llama_cpp.server.model import LlamaProxy  # noqa: E402,I001 - after tappa_local loaded the patched library
-from llama_cpp.server.settings import ModelSettings  # noqa: E402
 
 
 class UnknownModelError(TappaError):

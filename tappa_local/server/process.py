@@ -34,7 +34,7 @@ class ServerProcess:
         return self.url + "/v1"
 
     def get_json(self, path: str, timeout: float = 10.0) -> dict[str, object]:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:  # noqa: S310 - loopback
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())  # type: ignore[no-any-return]
 
     def log(self) -> str:
@@ -61,13 +61,17 @@ def serve_process(
         deadline = time.monotonic() + startup_timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode} before it was ready:\n{server.log()[-4000:]}")
+                raise RuntimeError(
+                    f"the server exited with {proc.returncode} before it was ready:\n{server.log()[-4000:]}"
+                )
             try:
                 server.get_json("/health", timeout=2.0)
                 break
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not answer /health within {startup_timeout:.0f}s:\n{server.log()[-4000:]}") from None
+                    raise RuntimeError(
+                        f"the server did not answer /health within {startup_timeout:.0f}s:\n{server.log()[-4000:]}"
+                    ) from None
                 time.sleep(0.2)
         yield server
     finally:

@@ -11,10 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
+from llama_cpp.server.app import authenticate
 
 from .model import TappaLlamaProxy
-
-from llama_cpp.server.app import authenticate  # noqa: E402,I001
 
 
 def _proxy(request: Request) -> TappaLlamaProxy:
