@@ -81,6 +81,11 @@ def test_completion(client: Any) -> None:
     assert out.object == "text_completion"
     assert out.choices[0].finish_reason in ("length", "stop")
     assert out.usage.prompt_tokens > 0 and 0 < out.usage.completion_tokens
+    chunks = list(
+        client.completions.create(model=ALIAS, prompt="def add(a, b):", max_tokens=8, temperature=0, stream=True)
+    )
+    assert chunks[-1].choices[0].finish_reason in ("length", "stop")
+    assert "".join(c.choices[0].text for c in chunks) == out.choices[0].text
 
 
 def _stream_chat(client: Any, messages: list[dict[str, str]], max_tokens: int) -> tuple[str, str | None]:
@@ -162,6 +167,9 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(client: Any, server: 
 
     status, body, _ = _post_raw(server, "/v1/completions", b"[1, 2]")
     assert status == 400
+
+    status, body, _ = _post_raw(server, "/v1/embeddings", b'{"input": "x"}')
+    assert status == 404  # not served: the model is loaded for generation only
 
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=4)

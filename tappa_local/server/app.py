@@ -10,7 +10,7 @@ request types, model locks and server settings are used as they are; the differe
   requests, checked before queueing);
 * a bounded queue (:mod:`tappa_local.server.gate`), ``interrupt_requests`` off by default,
   CORS only for the origins asked for, ``/v1/models`` and ``/v1/tappa/stats`` without the
-  model lock, and the web chat page at ``/``.
+  model lock, no ``/v1/embeddings``, and the web chat page at ``/``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from .gate import BusyGate, Queue
 from .model import TappaLlamaProxy
 from .routes import build_router
 
-#: upstream routes we answer ourselves (see routes.py)
-OVERRIDDEN = frozenset({"/v1/models"})
+#: upstream routes we answer ourselves (see routes.py), or not at all: the model is not loaded
+#: for embeddings (a compressed cache has nothing to offer there), so /v1/embeddings is a 404
+OVERRIDDEN = frozenset({"/v1/models", "/v1/embeddings"})
 
 
 def upstream_router() -> APIRouter:
