@@ -256,6 +256,21 @@ def tiny_qwen3(tmp_path_factory: pytest.TempPathFactory, tiny_llama: TinyModel) 
     return out
 
 
+@pytest.fixture(scope="module")
+def tiny_mistral(tmp_path_factory: pytest.TempPathFactory, tiny_llama: TinyModel) -> Path:
+    """A random-init Mistral (GQA 4/1, rope_theta 1e6), built here."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    out = tmp_path_factory.mktemp("mistral")
+    torch.manual_seed(5)
+    cfg = MistralConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=1e6,
+                        sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    MistralForCausalLM(cfg).save_pretrained(out)
+    _copy_tokenizer(tiny_llama.hf_dir, out)
+    return out
+
+
 CFG = CalibrationConfig(n_samples=2, seq_len=80, window=16, n_sink=4, beta=0.25, batch_size=2)
 
 
@@ -306,3 +321,7 @@ def test_mha_matches_reference(tiny_mha: TinyModel) -> None:
 
 def test_qwen3_q_norm_matches_reference(tiny_qwen3: Path) -> None:
     _check_against_reference(tiny_qwen3)
+
+
+def test_mistral_matches_reference(tiny_mistral: Path) -> None:
+    _check_against_reference(tiny_mistral)
