@@ -63,7 +63,7 @@ test: setup
 sanitize: $(VENV)/.tappa-deps
 	$(MAKE) native BUILD=build-asan CMAKE_ARGS="-DTAPPA_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_ARGS)"
 	TAPPA_BUILD_DIR=$(abspath build-asan) LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:quarantine_size_mb=8:thread_local_quarantine_size_kb=64 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	  $(PY) -m pytest -m native -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
