@@ -209,6 +209,24 @@ def test_reply_streams_piece_by_piece(llm: Any) -> None:
         assert len(pieces) >= 2
 
 
+def test_interrupted_reply_is_kept_and_the_chat_continues(llm: Any) -> None:
+    session, _ = _session(llm, max_tokens=40)
+    pieces: list[str] = []
+
+    def ctrl_c_after_three(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            raise KeyboardInterrupt
+
+    reply = session.ask("say something long", on_text=ctrl_c_after_three)
+    assert reply.finish_reason == "interrupted" and reply.text == "".join(pieces)
+    assert session.turns[-1].assistant == reply.text
+    positions = session.positions
+    nxt = session.ask("go on")
+    assert nxt.reused_tokens == positions  # the interrupted reply is part of the cached conversation
+    assert nxt.finish_reason in ("stop", "length")
+
+
 def test_rollover_at_the_position_limit(small_llm: Any) -> None:
     session, _ = _session(small_llm, max_tokens=16, system_prompt="Be brief.")
     assert session.policy.limit == LIMIT
@@ -221,7 +239,8 @@ def test_rollover_at_the_position_limit(small_llm: Any) -> None:
         pytest.fail("no rollover within 40 turns")
     warnings = re.findall(r"^\[warning\] (.*)$", out.getvalue(), flags=re.MULTILINE)  # the REPL prints the notices
     approaching = [w for w in warnings if "positions used" in w]
-    assert len(approaching) == 2 and "75%" in approaching[0]  # warned at 75% and 90% first
+    assert len(approaching) == 2  # warned at 75% and 90% first
+    assert approaching[0].startswith("past 75% of the position limit") and approaching[1].startswith("past 90%")
     rollover = [w for w in warnings if w.startswith("The conversation reached")]
     assert warnings.index(approaching[1]) < warnings.index(rollover[0])
     assert len(rollover) == 1 and "1,024 positions" in rollover[0] and "transcript is kept" in rollover[0]

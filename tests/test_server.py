@@ -266,7 +266,6 @@ def test_serve_help_explains_flags() -> None:
         "--budget",
         "--budget-mib",
         "--max-queue",
-        "--interrupt-streams",
         "--api-key",
         "--allow-origin",
     ):

@@ -48,6 +48,14 @@ class TokenLedger:
     def n_tokens(self) -> int:
         return len(self._tokens)
 
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens
+
+    @property
+    def text(self) -> str:
+        return self._text
+
     def reset(self) -> None:
         self._text = ""
         self._tokens = []
@@ -132,6 +140,19 @@ class ContinuationChatHandler:
     def forget(self) -> None:
         """The cache was cleared: nothing can be reused."""
         self.ledger.reset()
+
+    def text_after(self, plan: PromptPlan) -> str | None:
+        """The text the model evaluated after ``plan``'s prompt (its reply, as far as the cache holds it).
+
+        Usually the reply the user saw, minus a last token that was sampled but not evaluated;
+        after an interrupted stream it can be more (tokens held back as incomplete UTF-8).
+        ``None`` when the cache no longer continues ``plan``.
+        """
+        ledger = self.ledger
+        ledger.sync()
+        if ledger.n_tokens < len(plan.tokens) or ledger.tokens[: len(plan.tokens)] != plan.tokens:
+            return None
+        return ledger.text[len(plan.text) :]
 
 
 def install(llm: Any, template: ChatTemplate | None = None) -> ContinuationChatHandler:

@@ -259,7 +259,10 @@ class ChatSession:
         reply = "".join(parts)
         turn = Turn(text, docs, reply, finish)
         self.turns.append(turn)
-        self._s.sequence.append(_SequenceTurn(content, reply, turn))
+        # the conversation continues from what the cache holds: the reply as evaluated (a last
+        # sampled token is not; an interrupted stream may have evaluated more than was shown)
+        in_cache = self.handler.text_after(used_plan)
+        self._s.sequence.append(_SequenceTurn(content, reply if in_cache is None else in_cache, turn))
         self._s.pending = []
         self.transcript.add("user", text, documents=[d.name for d in docs], sequence=self._s.sequence_index)
         self.transcript.add("assistant", reply, finish_reason=finish, sequence=self._s.sequence_index)
@@ -295,8 +298,8 @@ class ChatSession:
             self._s.warned.add(frac)
             self._say(
                 "warning",
-                f"{pos:,} of {self.policy.limit:,} positions used ({100 * pos / self.policy.limit:.0f}%, "
-                f"limit = {self._limit_reason()}); {self.policy.describe()}.",
+                f"past {100 * frac:.0f}% of the position limit: {pos:,} of {self.policy.limit:,} positions used "
+                f"(limit = {self._limit_reason()}); {self.policy.describe()}.",
             )
 
     def _context_full(self, doing: str, room: int) -> None:

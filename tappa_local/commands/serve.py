@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and a small web chat page at /. Listens on 127.0.0.1 unless --host says otherwise.\n\n"
             "One model, one sequence, one compressed KV cache: requests are answered one at a time in\n"
             "arrival order, never interleaved into the cache. Up to --max-queue requests wait while one\n"
-            "runs; more are refused with HTTP 503 (Retry-After: 1). A client that re-sends the same\n"
+            "runs; more are refused with HTTP 503 (Retry-After: 1). A streamed reply is never cut short by\n"
+            "another request (only by its own client disconnecting). A client that re-sends the same\n"
             "conversation plus a new message only costs the new tokens; a different conversation starts\n"
             "the cache over."
         ),
@@ -37,12 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=8,
         help="requests that may wait while one runs; more get HTTP 503 (default: %(default)s)",
-    )
-    s.add_argument(
-        "--interrupt-streams",
-        action="store_true",
-        help="let a newly arriving request cut the running streamed reply short (llama-cpp-python's behaviour); "
-        "by default a stream always runs to its end",
     )
     s.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on the API")
     s.add_argument(
@@ -87,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         alias=args.model_alias,
         max_queue=args.max_queue,
-        interrupt_streams=args.interrupt_streams,
         api_key=args.api_key,
         allow_origins=tuple(args.allow_origin),
         webchat=not args.no_webchat,

@@ -8,7 +8,7 @@ request types, model locks and server settings are used as they are; the differe
   loads a ``TappaLlama`` with the continuation chat handler;
 * the route class: :class:`~tappa_local.server.errors.TappaRouteErrorHandler` (4xx for bad
   requests, checked before queueing);
-* a bounded queue (:mod:`tappa_local.server.gate`), ``interrupt_requests`` off by default,
+* a bounded queue (:mod:`tappa_local.server.gate`), ``interrupt_requests`` off,
   CORS only for the origins asked for, ``/v1/models`` and ``/v1/tappa/stats`` without the
   model lock, no ``/v1/embeddings``, and the web chat page at ``/``.
 """
@@ -69,7 +69,9 @@ def create_app(config: ServeConfig, proxy: TappaLlamaProxy | None = None) -> Fas
             host=config.host,
             port=config.port,
             api_key=config.api_key,
-            interrupt_requests=config.interrupt_streams,
+            # upstream's default (True) lets a waiting request end a running stream by dropping
+            # its connection mid-response; here a stream always runs to its end
+            interrupt_requests=False,
             disable_ping_events=False,
             root_path="",
             ssl_keyfile=None,

@@ -16,8 +16,6 @@ class ServeConfig:
     alias: str | None = None
     #: requests that may wait while one runs; more get HTTP 503
     max_queue: int = 8
-    #: a new request cuts a running *stream* short (llama-cpp-python's default); off here
-    interrupt_streams: bool = False
     api_key: str | None = None
     #: browser origins allowed to call the API from other pages (CORS); the built-in page needs none
     allow_origins: tuple[str, ...] = field(default_factory=tuple)
