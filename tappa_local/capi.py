@@ -109,6 +109,7 @@ PROTOTYPES: dict[str, tuple[list[object], object]] = {
     "llama_tappa_get_eviction_stats": ([c_void_p, ctypes.POINTER(EvictionStats)], c_int32),
     "llama_tappa_time_qsim": ([c_void_p, c_int32], ctypes.c_double),
     "llama_tappa_kv_bytes": ([c_void_p], c_int64),
+    "llama_tappa_compute_bytes": ([c_void_p], c_int64),
     "llama_tappa_kept_positions": ([c_void_p, c_int32, c_int32, ctypes.POINTER(c_int32), c_int32], c_int32),
 }
 

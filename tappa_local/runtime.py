@@ -56,6 +56,7 @@ class KVStats:
 
     enabled: bool
     kv_bytes: int  # allocated K/V bytes (llama.cpp's own accounting)
+    compute_bytes: int  # compute buffers the scheduler holds
     full_kv_bytes: int  # what the stock cache takes for this n_ctx
     tokens_seen: int  # positions evaluated in the current sequence
     layers: tuple[LayerKV, ...]
@@ -291,6 +292,7 @@ class TappaLlama(_Llama):  # type: ignore[misc, valid-type]
         return KVStats(
             enabled=self.compressed,
             kv_bytes=int(lib.llama_tappa_kv_bytes(ctx)),
+            compute_bytes=int(lib.llama_tappa_compute_bytes(ctx)),
             full_kv_bytes=full,
             tokens_seen=int(self.n_tokens),
             layers=tuple(layers),

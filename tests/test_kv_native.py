@@ -149,17 +149,26 @@ def test_kv_memory_follows_the_formula(native_lib, tiny_llama: TinyModel) -> Non
         snap.close()
 
 
-def test_16k_context_with_1k_budget_is_under_an_eighth(tiny_llama: TinyModel) -> None:
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fa", "no-fa"])
+def test_16k_context_with_1k_budget_is_under_an_eighth(native_lib, tiny_llama: TinyModel, flash_attn: bool) -> None:
     n_ctx, n_batch, budget = 16384, 256, 1024
-    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=budget, n_ctx=n_ctx, n_batch=n_batch, verbose=False, scorer="sink_recent")
+    kw = dict(n_ctx=n_ctx, n_batch=n_batch, flash_attn=flash_attn, verbose=False)
+    llm = TappaLlama(str(tiny_llama.gguf_path), kv_budget=budget, scorer="sink_recent", **kw)
+    stock = TappaLlama(str(tiny_llama.gguf_path), compress=False, **kw)
     try:
-        s = llm.kv_stats()
+        s, full = llm.kv_stats(), stock.kv_stats()
         bpt = llm.geometry.kv_bytes_per_token()
         headroom = llm.geometry.n_layer * n_batch * bpt
+        assert full.kv_bytes == s.full_kv_bytes
         assert s.kv_bytes <= s.full_kv_bytes / 8 + headroom
         assert s.kv_bytes - headroom == llm.geometry.n_layer * budget * bpt
+        # attention spans no more than a layer's capacity, so the compute buffers shrink too
+        assert s.compute_bytes < full.compute_bytes
+        print(f"16K ctx, budget 1K ({'fa' if flash_attn else 'no fa'}): KV {s.kv_mib:.2f} vs {full.kv_mib:.2f} MiB, "
+              f"compute {s.compute_bytes / 2**20:.2f} vs {full.compute_bytes / 2**20:.2f} MiB")
     finally:
         llm.close()
+        stock.close()
 
 
 def test_chunked_prefill_never_exceeds_capacity(native_lib, tiny_llama: TinyModel) -> None:

@@ -154,8 +154,12 @@ LLAMA_API int32_t llama_tappa_get_eviction_stats(const struct llama_context * ct
 // Needs a context whose scorer or allocation records queries.
 LLAMA_API double llama_tappa_time_qsim(struct llama_context * ctx, int32_t n_iter);
 
-// Allocated KV bytes over all layers, as llama.cpp accounts them (memory_breakdown).
+// Allocated KV bytes over all layers, as llama.cpp accounts them (memory_breakdown); works
+// for any context, so the stock cache can be measured the same way.
 LLAMA_API int64_t llama_tappa_kv_bytes(const struct llama_context * ctx);
+
+// Bytes of the compute buffers the scheduler holds (all backends), for any context.
+LLAMA_API int64_t llama_tappa_compute_bytes(const struct llama_context * ctx);
 
 // Positions held by KV head `head` of layer il, ascending, written to out[0..n).
 // Returns how many positions the head holds (may exceed n), or a negative status.

@@ -2,6 +2,7 @@
 #include "llama-tappa.h"
 
 #include "llama-context.h"
+#include "ggml-backend.h"
 #include "llama-kv-cache-tappa.h"
 #include "llama-model.h"
 #include "llama-tappa-budget.h"
@@ -283,6 +284,18 @@ int64_t llama_tappa_kv_bytes(const llama_context * ctx) {
     int64_t bytes = 0;
     for (const auto & [buft, size] : mem->memory_breakdown()) {
         bytes += (int64_t) size;
+    }
+    return bytes;
+}
+
+int64_t llama_tappa_compute_bytes(const llama_context * ctx) {
+    if (!ctx) {
+        return fail(LLAMA_TAPPA_ERR_INVALID_ARG, "ctx is NULL");
+    }
+    ggml_backend_sched_t sched = ctx->get_sched();
+    int64_t bytes = 0;
+    for (int i = 0; i < ggml_backend_sched_get_n_backends(sched); ++i) {
+        bytes += (int64_t) ggml_backend_sched_get_buffer_size(sched, ggml_backend_sched_get_backend(sched, i));
     }
     return bytes;
 }
