@@ -1,6 +1,6 @@
 """A scripted long-document session through the terminal chat, on the bundled tappa-mini.
 
-    python -m bench.chat_session [--model FILE.gguf] [--budget-mib 0.5] [--seeds 0 1] [--no-baseline]
+    python -m bench.chat_session [--model FILE.gguf] [--budget-mib 0.5 1.0] [--seeds 0 1 2 3] [--no-baseline]
 
 The script types into :class:`~tappa_local.chat.repl.ChatREPL` exactly what a user would
 (``/load FILE``, questions, ``/stats``, ``/reset``) with the retrieval facts tappa-mini was
@@ -14,8 +14,8 @@ B. one document per question: for every task (passkey, kv, var), depth and seed,
 C. one long session: the documents of B for one seed, loaded one after the other into the
    same conversation without ``/reset``; the chat rolls over at the position limit (n_ctx).
 
-Each part runs on the compressed cache (``--budget-mib``, the whole KV memory, headroom
-included) and, for reference, on llama.cpp's stock cache with the same script.
+Each part runs on the compressed cache at every ``--budget-mib`` (the K/V cells of all layers,
+headroom included) and, for reference, on llama.cpp's stock cache with the same script.
 ``kv_stats()`` is sampled after every ``n_batch`` chunk of every document and after every
 answer; the compressed run checks that the KV memory never exceeds the configured budget.
 Results go to ``bench/results/chat_session.{json,md}``.
@@ -238,14 +238,20 @@ def part_b(chat: ScriptedChat, count: Any, doc_tokens: int, seeds: Sequence[int]
                 chat.ask(Question(part, task, depth, s.answer, doc_tokens=n), question)
 
 
-def run_mode(model: Path, mode: str, args: argparse.Namespace) -> RunLog:
+def mode_label(budget_mib: float | None) -> str:
+    return "full" if budget_mib is None else f"{budget_mib:g} MiB"
+
+
+def run_mode(model: Path, budget_mib: float | None, args: argparse.Namespace) -> RunLog:
+    """The whole script on one cache: compressed to ``budget_mib``, or the stock cache (``None``)."""
     from tappa_local.chat.model import ModelOptions, load_model
     from tappa_local.chat.session import ChatConfig
 
-    compress = mode == "compressed"
+    mode = mode_label(budget_mib)
+    compress = budget_mib is not None
     opts = ModelOptions(
         model,
-        budget_mib=args.budget_mib if compress else None,
+        budget_mib=budget_mib,
         compress=compress,
         n_ctx=args.n_ctx,
         n_batch=args.n_batch,
@@ -283,6 +289,7 @@ def _accuracy(qs: Sequence[Question], key: str) -> float:
 
 
 def summarise(run: RunLog, budget_mib: float | None, full_mib: float) -> dict[str, Any]:
+    """Memory bounds and accuracy (per part, per part/task/depth) of one run."""
     kv = [s.kv_bytes for s in run.samples]
     cells = [s.cells_bytes for s in run.samples]
     per_depth: dict[str, dict[str, Any]] = {}
@@ -320,15 +327,18 @@ def summarise(run: RunLog, budget_mib: float | None, full_mib: float) -> dict[st
 
 def markdown(data: dict[str, Any]) -> str:
     cfg = data["config"]
-    modes = {m["mode"]: m for m in data["summary"]}
-    comp = modes.get("compressed")
+    summary = data["summary"]
+    labels = [m["mode"] for m in summary]
+    compressed = [m for m in summary if m["budget_mib"] is not None]
     lines = [
         "# Long-document chat session (tappa-local chat, scripted)",
         "",
         (
             f"Model: `{cfg['model_name']}` ({cfg['n_layer']} layers, trained context {cfg['n_ctx_train']}); "
-            f"n_ctx {cfg['n_ctx']}, n_batch {cfg['n_batch']}; compressed cache: {cfg['budget_mib']} MiB in all "
-            f"(scorer {cfg['scorer']}, allocation {cfg['allocation']}). Greedy answers, at most 16 tokens."
+            f"n_ctx {cfg['n_ctx']} (the chat's position limit), n_batch {cfg['n_batch']} (= per-layer headroom); "
+            f"compressed caches: {', '.join(f'{b:g}' for b in cfg['budgets_mib'])} MiB of K/V cells "
+            f"(scorer {cfg['scorer']}, allocation {cfg['allocation']}). Greedy answers, at most 16 tokens. "
+            f"Part B/C seeds: {cfg['seeds']}."
         ),
         "",
         "Exact = the reply is the expected number and nothing else (ended by EOS); lenient = it starts with it.",
@@ -336,31 +346,25 @@ def markdown(data: dict[str, Any]) -> str:
         "## KV memory (kv_stats() after every n_batch chunk of every /load and after every answer)",
         "",
     ]
-    rows = []
-    for m in data["summary"]:
-        rows.append(
-            [m["mode"], m["n_samples"], f"{m['cells_mib_max']:.3f}", f"{m['kv_mib_max']:.3f}", m["budget_mib"] if m["budget_mib"] is not None else "-",
-             f"{m['full_kv_mib']:.3f}", "yes" if m["within_budget"] else "NO", "yes" if m["all_layers_within_capacity"] else "NO",
-             m["max_layer_capacity"] or "-", m["max_tokens_seen"], m["rollovers"]]
-        )  # fmt: skip
-    lines.append(
-        report.markdown_table(
-            [
-                "cache",
-                "samples",
-                "max K/V cells MiB",
-                "max total MiB",
-                "budget MiB",
-                "full cache MiB",
-                "cells within budget",
-                "used <= capacity",
-                "layer capacity (tokens)",
-                "max positions",
-                "rollovers",
-            ],
-            rows,
-        )
-    )
+    rows = [
+        [
+            m["mode"],
+            m["n_samples"],
+            f"{m['cells_mib_max']:.3f}",
+            f"{m['kv_mib_max']:.3f}",
+            m["budget_mib"] if m["budget_mib"] is not None else "-",
+            f"{m['full_kv_mib']:.3f}",
+            "yes" if m["within_budget"] else "NO",
+            "yes" if m["all_layers_within_capacity"] else "NO",
+            m["max_layer_capacity"] or "-",
+            m["max_tokens_seen"],
+            m["rollovers"],
+        ]
+        for m in summary
+    ]
+    headers = ["cache", "samples", "max K/V cells MiB", "max total MiB", "budget MiB", "full cache MiB"]
+    headers += ["cells within budget", "used <= capacity", "layer capacity (tokens)", "max positions", "rollovers"]
+    lines.append(report.markdown_table(headers, rows))
     lines += [
         "",
         (
@@ -368,16 +372,18 @@ def markdown(data: dict[str, Any]) -> str:
             "whole KV memory (`kv_stats().kv_bytes`), which also holds the window scorer's recorded queries."
         ),
     ]
-    if comp and comp["max_layer_capacity"]:
-        lines += [
-            "",
-            (
-                f"Documents: part A {cfg['doc_tokens_a']} tokens, parts B/C {cfg['doc_tokens_b']} tokens = "
-                f"{cfg['doc_tokens_a'] / comp['max_layer_capacity']:.1f}x / "
-                f"{cfg['doc_tokens_b'] / comp['max_layer_capacity']:.1f}x what one layer of the compressed cache can hold."
-            ),
-        ]
-    lines += ["", "## Accuracy", ""]
+    for m in compressed:
+        if m["max_layer_capacity"]:
+            lines += [
+                "",
+                (
+                    f"At {m['mode']}: documents of {cfg['doc_tokens_a']} (part A) and {cfg['doc_tokens_b']} (B/C) "
+                    f"tokens are {cfg['doc_tokens_a'] / m['max_layer_capacity']:.1f}x and "
+                    f"{cfg['doc_tokens_b'] / m['max_layer_capacity']:.1f}x what one layer can hold "
+                    f"({m['max_layer_capacity']} cells)."
+                ),
+            ]
+    lines += ["", "## Accuracy (exact / lenient)", ""]
     part_names = {
         "A": "A: one document, five questions",
         "B": "B: one document per question (/reset)",
@@ -386,31 +392,32 @@ def markdown(data: dict[str, Any]) -> str:
     rows = []
     for part, name in part_names.items():
         row: list[Any] = [name]
-        for mode in ("compressed", "full"):
-            p = modes.get(mode, {}).get("per_part", {}).get(part)
+        for m in summary:
+            p = m["per_part"].get(part)
             row.append(f"{p['exact']:.2f} / {p['lenient']:.2f} (n={p['n']})" if p else "-")
         rows.append(row)
-    lines.append(report.markdown_table(["part", "compressed: exact / lenient", "full cache: exact / lenient"], rows))
-    lines += ["", "### Per depth (exact)", ""]
-    keys = sorted({(d["part"], d["task"]) for m in data["summary"] for d in m["per_depth"]})
-    header = ["part", "task"] + [f"depth {d:g}" for d in DEPTHS]
-    for mode in ("compressed", "full"):
-        m = modes.get(mode)
-        if not m:
-            continue
-        rows = []
-        for part, task in keys:
-            row = [part, task]
+    lines.append(report.markdown_table(["part", *labels], rows))
+    lines += ["", "### Exact answers per depth", ""]
+    keys = sorted({(d["part"], d["task"]) for m in summary for d in m["per_depth"]})
+    header = ["part", "task", "cache"] + [f"depth {d:g}" for d in DEPTHS]
+    rows = []
+    for part, task in keys:
+        for m in summary:
+            row = [part, task, m["mode"]]
             for depth in DEPTHS:
                 d = next(
                     (x for x in m["per_depth"] if x["part"] == part and x["task"] == task and x["depth"] == depth), None
                 )
                 row.append(f"{d['exact']}/{d['n']}" if d else "-")
             rows.append(row)
-        lines += [f"**{mode} cache**", "", report.markdown_table(header, rows), ""]
-    lines += ["## Example answers (compressed cache)", ""]
-    comp_run = next((r for r in data["runs"] if r["mode"] == "compressed"), None)
-    if comp_run:
+    lines.append(report.markdown_table(header, rows))
+    if compressed:
+        first = compressed[0]["mode"]
+        lines += ["", f"## Example answers ({first})", ""]
+        run = next(r for r in data["runs"] if r["mode"] == first)
+        picks = [q for q in run["questions"] if q["part"] == "A"] + [q for q in run["questions"] if q["part"] != "A"][
+            :10
+        ]
         rows = [
             [
                 q["part"],
@@ -421,7 +428,7 @@ def markdown(data: dict[str, Any]) -> str:
                 "yes" if q["exact"] else "no",
                 q["sequence"],
             ]
-            for q in comp_run["questions"][:12]
+            for q in picks
         ]
         lines.append(report.markdown_table(["part", "task", "depth", "expected", "reply", "exact", "sequence"], rows))
     return "\n".join(lines)
@@ -435,8 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--budget-mib",
         type=float,
-        default=0.5,
-        help="KV memory of the compressed run, headroom included (default: %(default)s)",
+        nargs="+",
+        default=[0.5, 1.0],
+        help="K/V memory of the compressed runs, headroom included; one run each (default: %(default)s)",
     )
     ap.add_argument("--scorer", default=None, help="eviction scorer (default: the GGUF's, else snapkv)")
     ap.add_argument("--allocation", default="default", help="layer allocation (default: %(default)s)")
@@ -454,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         "--doc-tokens-b", type=int, default=1400, help="parts B/C document length in tokens (default: %(default)s)"
     )
     ap.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the part B documents (default: %(default)s)"
+        "--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds of the part B documents (default: %(default)s)"
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-baseline", action="store_true", help="skip the run on the stock (full) cache")
@@ -466,11 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     from tappa_local.runtime import model_geometry
 
     geo = model_geometry(model)
-    runs = [run_mode(model, "compressed", args)]
+    runs = [run_mode(model, b, args) for b in args.budget_mib]
     if not args.no_baseline:
-        runs.append(run_mode(model, "full", args))
+        runs.append(run_mode(model, None, args))
     full_mib = geo.kv_bytes_per_token() * geo.n_layer * args.n_ctx / 2**20
-    summary = [summarise(r, args.budget_mib if r.mode == "compressed" else None, full_mib) for r in runs]
+    budgets = {mode_label(b): b for b in args.budget_mib}
+    summary = [summarise(r, budgets.get(r.mode), full_mib) for r in runs]
     data = {
         "config": {
             "model": str(model),
@@ -479,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "n_ctx_train": geo.n_ctx_train,
             "n_ctx": args.n_ctx,
             "n_batch": args.n_batch,
-            "budget_mib": args.budget_mib,
+            "budgets_mib": args.budget_mib,
             "scorer": args.scorer or geo.default_scorer or "snapkv",
             "allocation": args.allocation,
             "doc_tokens_a": args.doc_tokens_a,
