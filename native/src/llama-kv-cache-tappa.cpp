@@ -227,8 +227,7 @@ llama_memory_i * llama_tappa_create_memory(
         !(p.cake_tau1 > 0.0f && p.cake_tau2 > 0.0f)) {
         return fail("cake_tau1 and cake_tau2 must be > 0", LLAMA_TAPPA_ERR_INVALID_ARG);
     }
-    if (p.window < 2 && (p.scorer == LLAMA_TAPPA_SCORER_SNAPKV || p.scorer == LLAMA_TAPPA_SCORER_CAKE ||
-        p.allocation == LLAMA_TAPPA_ALLOC_CAKE || p.allocation == LLAMA_TAPPA_ALLOC_TAPPA_CAKE || p.allocation == LLAMA_TAPPA_ALLOC_TAPPA_LIVE)) {
+    if (p.window < 2 && (llama_tappa_make_scorer(p)->needs_window_attention() || llama_tappa_allocation_adapts(p.allocation))) {
         return fail("window attention needs window >= 2", LLAMA_TAPPA_ERR_INVALID_ARG);
     }
 
@@ -236,9 +235,12 @@ llama_memory_i * llama_tappa_create_memory(
     cfg->layer_budgets.assign(budgets.begin(), budgets.end());
     cfg->p.n_layer_budgets = (int32_t) budgets.size();
 
-    const llama_memory_i::layer_filter_cb filter = nullptr;
-    return new llama_kv_cache_tappa(model, *cfg, profile, params.type_k, params.type_v,
-            cparams.offload_kqv, cparams.n_ctx_seq, cparams.n_batch, filter);
+    return new llama_kv_cache_tappa(model, *cfg, profile, params.type_k, params.type_v, cparams.offload_kqv, cparams.n_ctx_seq);
+}
+
+bool llama_tappa_allocation_adapts(int32_t allocation) {
+    return allocation == LLAMA_TAPPA_ALLOC_CAKE || allocation == LLAMA_TAPPA_ALLOC_TAPPA_CAKE ||
+           allocation == LLAMA_TAPPA_ALLOC_TAPPA_LIVE;
 }
 
 //
@@ -252,19 +254,13 @@ llama_kv_cache_tappa::llama_kv_cache_tappa(
         ggml_type                   type_k,
         ggml_type                   type_v,
         bool                        offload,
-        uint32_t                    n_ctx_seq,
-        uint32_t                    n_batch,
-        const layer_filter_cb     & filter) :
+        uint32_t                    n_ctx_seq) :
     model(model), cfg(cfg), profile(profile), type_k(type_k), type_v(type_v), offload(offload), n_ctx_seq(n_ctx_seq) {
-    GGML_UNUSED(n_batch);
     const auto & hp = model.hparams;
     n_head_kv_ = hp.n_head_kv(0);
 
     size_t total_cells = 0;
     for (uint32_t il = 0; il < hp.n_layer(); ++il) {
-        if (filter && !filter(il)) {
-            continue;
-        }
         llama_tappa_layer_state st;
         st.il       = (int32_t) il;
         st.budget   = (uint32_t) cfg.layer_budgets.at(il);
@@ -276,9 +272,7 @@ llama_kv_cache_tappa::llama_kv_cache_tappa(
 
     // the query rings, on the same buffer type as each layer's keys
     const auto scorer = llama_tappa_make_scorer(cfg.p);
-    const int32_t a = cfg.p.allocation;
-    want_queries = scorer->needs_window_attention() || a == LLAMA_TAPPA_ALLOC_CAKE ||
-                   a == LLAMA_TAPPA_ALLOC_TAPPA_CAKE || a == LLAMA_TAPPA_ALLOC_TAPPA_LIVE;
+    want_queries = scorer->needs_window_attention() || llama_tappa_allocation_adapts(cfg.p.allocation);
     if (want_queries) {
         const uint32_t W = (uint32_t) cfg.p.window;
         q_pos.assign(W, -1);
@@ -349,16 +343,19 @@ uint32_t llama_kv_cache_tappa::layer_used(uint32_t i) const {
     return children[i]->v_cells[0].get_used();
 }
 
+llama_pos llama_kv_cache_tappa::cell_pos(uint32_t i, uint32_t cell, uint32_t h) const {
+    const auto & st = layers[i];
+    return cell < st.n_headwise ? st.head_pos[(size_t) cell * n_head_kv_ + h] : children[i]->v_cells[0].pos_get(cell);
+}
+
 std::vector<llama_pos> llama_kv_cache_tappa::head_positions(uint32_t i, uint32_t h) const {
     const auto & cells = children[i]->v_cells[0];
-    const auto & st    = layers[i];
     std::vector<llama_pos> res;
     res.reserve(cells.get_used());
     for (uint32_t c = 0; c < cells.size(); ++c) {
-        if (cells.is_empty(c)) {
-            continue;
+        if (!cells.is_empty(c)) {
+            res.push_back(cell_pos(i, c, h));
         }
-        res.push_back(c < st.n_headwise ? st.head_pos[(size_t) c * n_head_kv_ + h] : cells.pos_get(c));
     }
     std::sort(res.begin(), res.end());
     return res;

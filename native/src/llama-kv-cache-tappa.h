@@ -57,9 +57,7 @@ public:
             ggml_type                  type_k,
             ggml_type                  type_v,
             bool                       offload,
-            uint32_t                   n_ctx_seq,
-            uint32_t                   n_batch,
-            const layer_filter_cb    & filter);
+            uint32_t                   n_ctx_seq);
 
     ~llama_kv_cache_tappa() = default;
 
@@ -107,6 +105,9 @@ public:
 
     // positions held by KV head h of layer i, ascending
     std::vector<llama_pos> head_positions(uint32_t i, uint32_t h) const;
+
+    // position of the token KV head h of layer i holds in a non-empty cell
+    llama_pos cell_pos(uint32_t i, uint32_t cell, uint32_t h) const;
 
     // ask the next memory_update to evict even if everything fits
     void request_eviction() { force_evict = true; }
@@ -226,6 +227,10 @@ llama_memory_i * llama_tappa_create_memory(
         const llama_model         & model,
         const llama_memory_params & params,
         const llama_cparams       & cparams);
+
+// true for the prompt-adaptive allocations, which re-split the budget at every eviction
+// from the recent window (and so need the recorded queries)
+bool llama_tappa_allocation_adapts(int32_t allocation);
 
 // resolve window/sinks/budgets of a config against a model and a context length
 bool llama_tappa_resolve_config(

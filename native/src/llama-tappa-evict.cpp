@@ -43,15 +43,10 @@ struct llama_kv_cache_tappa::layer_plan {
     bool evicts() const { return used > budget; }
 };
 
-static bool is_dynamic(int32_t allocation) {
-    return allocation == LLAMA_TAPPA_ALLOC_CAKE || allocation == LLAMA_TAPPA_ALLOC_TAPPA_CAKE ||
-           allocation == LLAMA_TAPPA_ALLOC_TAPPA_LIVE;
-}
-
 int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
     force_evict = false;
     const int64_t t0 = ggml_time_us();
-    const bool dynamic = is_dynamic(cfg.p.allocation);
+    const bool dynamic = llama_tappa_allocation_adapts(cfg.p.allocation);
     const uint32_t H = n_head_kv_;
 
     std::vector<layer_plan> plans;
@@ -66,7 +61,6 @@ int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
         pl.budget   = layers[i].budget;
         pl.capacity = layers[i].capacity;
         const auto & cells = children[i]->v_cells[0];
-        const auto & st    = layers[i];
         pl.n_kv = cells.used_max_p1();
         pl.pos.assign((size_t) H * pl.n_kv, -1);
         for (uint32_t j = 0; j < pl.n_kv; ++j) {
@@ -74,7 +68,7 @@ int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
                 continue;
             }
             for (uint32_t h = 0; h < H; ++h) {
-                const llama_pos p = j < st.n_headwise ? st.head_pos[(size_t) j * H + h] : cells.pos_get(j);
+                const llama_pos p = cell_pos(i, j, h);
                 pl.pos[(size_t) h * pl.n_kv + j] = p;
                 pl.pos_max = std::max(pl.pos_max, p);
             }
@@ -127,7 +121,7 @@ int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
 }
 
 bool llama_kv_cache_tappa::score_layers(llama_context * lctx, std::vector<layer_plan> & plans, std::vector<float> & stats) {
-    const bool dynamic = is_dynamic(cfg.p.allocation);
+    const bool dynamic = llama_tappa_allocation_adapts(cfg.p.allocation);
     auto scorer = llama_tappa_make_scorer(cfg.p);
     GGML_ASSERT(scorer); // validated at creation
 
