@@ -2,6 +2,7 @@
 #
 #   make demo    set everything up (venv, native build, models) and run the demo
 #   make test    set everything up and run the test suite
+#   make bench   set everything up and run the benchmark suite (about an hour on 2 cores)
 #
 # Everything is idempotent: a second run reuses the venv, the cached sdist, the
 # native build directory and the cached models. Pass native build options with
@@ -14,6 +15,7 @@ CMAKE_ARGS      ?=
 JOBS            ?= $(shell nproc 2>/dev/null || echo 2)
 TAPPA_CACHE_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tappa-local
 PYTEST_ARGS     ?=
+BENCH_ARGS      ?=
 
 PY        := $(VENV)/bin/python
 SDIST     := $(TAPPA_CACHE_DIR)/llama_cpp_python-0.3.36.tar.gz
@@ -21,7 +23,7 @@ GENERATOR := $(if $(shell command -v ninja 2>/dev/null),-G Ninja,)
 
 export TAPPA_CACHE_DIR
 
-.PHONY: setup native configure check-tools demo test sanitize clean
+.PHONY: setup native configure check-tools demo test bench sanitize clean
 
 setup: $(VENV)/.tappa-deps native
 
@@ -58,6 +60,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the benchmark suite on the bundled model; reports in bench/results/ (BENCH_ARGS=--quick for a smoke run)
+bench: setup
+	$(PY) -m bench $(BENCH_ARGS)
 
 # native tests under AddressSanitizer + UndefinedBehaviorSanitizer (separate build dir)
 sanitize: $(VENV)/.tappa-deps

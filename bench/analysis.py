@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report, tasks
+from tappa_local import tasks
+
+from . import report
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     hi = np.unravel_index(np.argmax(qh), qh.shape)
     lo = np.unravel_index(np.argmin(qh), qh.shape)
 
-    out = report.RESULTS
+    out = report.results_dir()
     _plots(qh, att, hi, lo, out / f"{args.name}_qsim_heads.png", out / f"{args.name}_attention_maps.png", model_dir.name)
 
     rows = [[layer, f"{pa.qsim_layer[layer]:.3f}", f"{pb.qsim_layer[layer]:.3f}", f"{pa.qsim_prune_layer[layer]:.3f}",

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import report
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPEATS = 2
 
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a trained HF model directory to add (e.g. tappa_local/assets/tappa-mini)")
     ap.add_argument("--quick", action="store_true", help="tiny model only")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default: bench/results)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads (default: 1; on a shared, oversubscribed machine more threads make small ops "
                          "much slower and the timings erratic)")
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seq-len", type=int, default=512, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.out = args.out or report.results_dir()
     import torch
 
     torch.set_num_threads(args.threads)

@@ -4,7 +4,7 @@
 
 The script types into :class:`~tappa_local.chat.repl.ChatREPL` exactly what a user would
 (``/load FILE``, questions, ``/stats``, ``/reset``) with the retrieval facts tappa-mini was
-trained on (``bench/tasks.py``) and checks every answer:
+trained on (``tappa_local/tasks.py``) and checks every answer:
 
 A. one document, many questions: a key-value list several times longer than the KV capacity
    is loaded once; the values of keys at depths 0, 0.25, 0.5, 0.75 and 1 are asked, one turn
@@ -35,7 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import report, tasks
+from tappa_local import tasks
+
+from . import report
 
 log = logging.getLogger("bench.chat_session")
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import report
+
 from tappa_local.localmodels import TinyModelSpec, ensure_tiny_model, stdlib_corpus
 from tappa_local.native import find_build
 
@@ -174,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny model, one repetition")
     ap.add_argument("--repeats", type=int, default=3, help="repetitions per measurement (default: %(default)s)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="results directory (default: bench/results)")
+    ap.add_argument("--out", type=Path, default=None, help="results directory (default: bench/results)")
     args = ap.parse_args(argv)
+    args.out = args.out or report.results_dir()
     names = ["tiny"] if args.quick else list(MODELS)
     repeats = 1 if args.quick else args.repeats
     meta = machine()

@@ -2,7 +2,7 @@
 
     python -m bench.quality [--model FILE.gguf] [--budgets 64,128,256,512,1024] [--set policies|alternatives]
 
-Every configuration runs on the same seeded prompts (bench/tasks.py: passkey, key-value and
+Every configuration runs on the same seeded prompts (tappa_local/tasks.py: passkey, key-value and
 variable lookup, needles at several depths, at the model's trained context) and the same
 held-out text (never trained on), through the native path. Budgets are average tokens kept
 per layer after an eviction, sinks and the recent window included (the papers' "KV budget").
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report, tasks
+from tappa_local import tasks
+
+from . import report
 from .runners import ALTERNATIVES, POLICIES, Config, Runner
 
 SETS = {"policies": POLICIES, "alternatives": ALTERNATIVES}

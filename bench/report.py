@@ -18,6 +18,11 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def results_dir() -> Path:
+    """Where reports go: ``$TAPPA_BENCH_RESULTS`` if set (``python -m bench --out``), else bench/results."""
+    return Path(os.environ.get("TAPPA_BENCH_RESULTS") or RESULTS)
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -55,7 +60,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 def write(name: str, data: dict[str, Any], markdown: str, out_dir: Path | None = None) -> tuple[Path, Path]:
     """Write ``<name>.json`` and ``<name>.md`` into ``out_dir`` (default bench/results)."""
-    d = out_dir or RESULTS
+    d = out_dir or results_dir()
     d.mkdir(parents=True, exist_ok=True)
     j = d / f"{name}.json"
     m = d / f"{name}.md"

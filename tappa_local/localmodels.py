@@ -73,11 +73,25 @@ def _hash_texts(texts: Sequence[str]) -> str:
 # --------------------------------------------------------------------------- tokenizer
 
 
-def train_sentencepiece(texts: Sequence[str], out_dir: Path, vocab_size: int, max_lines: int = 200_000) -> Path:
+def train_sentencepiece(
+    texts: Sequence[str],
+    out_dir: Path,
+    vocab_size: int,
+    max_lines: int = 200_000,
+    *,
+    user_defined_symbols: Sequence[str] = (),
+    add_dummy_prefix: bool = True,
+) -> Path:
     """Train a byte-fallback BPE SentencePiece model and save it as an HF tokenizer in ``out_dir``.
 
     Normalisation is the identity and whitespace is kept, so code round-trips exactly and
     transformers and llama.cpp tokenize the same text into the same ids.
+
+    ``user_defined_symbols`` become single pieces that are never split (e.g. chat markers such
+    as ``<|user|>``; ids follow the three specials). ``add_dummy_prefix=False`` stops
+    SentencePiece from prepending a space to the text; it is also recorded as
+    ``add_prefix_space: false`` in ``tokenizer_config.json``, which both transformers and the
+    llama.cpp converter honour, so the two still agree around special tokens.
     """
     import sentencepiece as spm  # noqa: PLC0415 - heavy optional import
 
@@ -94,6 +108,8 @@ def train_sentencepiece(texts: Sequence[str], out_dir: Path, vocab_size: int, ma
         remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True,
         split_digits=True,
+        user_defined_symbols=list(user_defined_symbols),
+        add_dummy_prefix=add_dummy_prefix,
         unk_id=0,
         bos_id=1,
         eos_id=2,
@@ -104,25 +120,42 @@ def train_sentencepiece(texts: Sequence[str], out_dir: Path, vocab_size: int, ma
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.model").write_bytes(model.getvalue())
-    (out_dir / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "legacy": False,
-                "model_max_length": 1_000_000,
-            },
-            indent=2,
-        )
-    )
+    config: dict[str, object] = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "model_max_length": 1_000_000,
+    }
+    if not add_dummy_prefix:
+        config["add_prefix_space"] = False
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     # let transformers write its fast tokenizer.json next to the SentencePiece model
     from transformers import AutoTokenizer  # noqa: PLC0415
 
     AutoTokenizer.from_pretrained(out_dir).save_pretrained(out_dir)
+    if user_defined_symbols:
+        # llama.cpp's converter only learns which pieces are special from `added_tokens_decoder`
+        # (it ignores SentencePiece's USER_DEFINED type); without it `<|user|>` would be split.
+        proc = spm.SentencePieceProcessor(model_proto=model.getvalue())
+        cfg_path = out_dir / "tokenizer_config.json"
+        saved = json.loads(cfg_path.read_text())
+        specials = [proc.id_to_piece(i) for i in (0, 1, 2)] + list(user_defined_symbols)
+        saved["added_tokens_decoder"] = {
+            str(proc.piece_to_id(p)): {
+                "content": p,
+                "lstrip": False,
+                "normalized": False,
+                "rstrip": False,
+                "single_word": False,
+                "special": True,
+            }
+            for p in specials
+        }
+        cfg_path.write_text(json.dumps(saved, indent=2))
     return out_dir
 
 

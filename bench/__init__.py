@@ -1,0 +1,1 @@
+"""Benchmarks and the training recipe of the bundled default model (run from the repo root)."""
