@@ -6,6 +6,15 @@ Every configuration runs on the same seeded prompts (tappa_local/tasks.py: passk
 variable lookup, needles at several depths, at the model's trained context) and the same
 held-out text (never trained on), through the native path. Budgets are average tokens kept
 per layer after an eviction, sinks and the recent window included (the papers' "KV budget").
+
+Three measures per configuration:
+
+* retrieval accuracy — greedy answer equals the needle;
+* held-out perplexity — held-out text streamed through the cache in n_batch chunks;
+* long-range copy perplexity — held-out passages laid out as ``X Y X`` (X: --copy-len tokens, Y: other
+  held-out text filling the context); perplexity of the *second* X only. With the whole context a
+  model with induction heads predicts it by copying; a cache that dropped the first X cannot. It
+  separates eviction policies even on a model whose plain perplexity hardly uses distant context.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ def _default_model() -> Path:
 
 
 def evaluate(cfg: Config, model: Path, budget: int | None, samples: list[tasks.TaskSample], ppl_tokens: list[list[int]],
-             args: argparse.Namespace) -> dict:
+             args: argparse.Namespace, copy_tokens: list[list[int]] = ()) -> dict:
     t0 = time.perf_counter()
     runner = Runner(cfg, model, n_ctx=args.n_ctx, budget=budget, n_batch=args.n_batch, window=args.window,
                     threads=args.threads, logits_all=True)
@@ -41,6 +50,7 @@ def evaluate(cfg: Config, model: Path, budget: int | None, samples: list[tasks.T
             ok = tasks.is_correct(runner.complete(s.prompt, max_tokens=args.max_tokens), s.answer)
             per.setdefault(f"{s.task}@{s.depth:g}", []).append(int(ok))
         nll = np.concatenate([runner.nll(t) for t in ppl_tokens]) if ppl_tokens else np.zeros(1)
+        copy_nll = np.concatenate([runner.nll(t)[-args.copy_len:] for t in copy_tokens]) if copy_tokens else np.full(1, np.nan)
         acc_task = {}
         for key, v in per.items():
             task = key.split("@")[0]
@@ -52,6 +62,7 @@ def evaluate(cfg: Config, model: Path, budget: int | None, samples: list[tasks.T
             "accuracy_by_task": {k: float(np.mean(v)) for k, v in acc_task.items()},
             "accuracy_by_task_depth": {k: float(np.mean(v)) for k, v in per.items()},
             "ppl": float(np.exp(nll.mean())),
+            "copy_ppl": float(np.exp(copy_nll.mean())),
             "kv_mib": runner.kv_bytes() / 2**20,
             "seconds": time.perf_counter() - t0,
         }
@@ -72,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--depths", default="0,0.25,0.5,0.75,1")
     ap.add_argument("--per-depth", type=int, default=2, help="prompts per task and depth")
     ap.add_argument("--ppl-seqs", type=int, default=2, help="held-out sequences for perplexity")
+    ap.add_argument("--copy-seqs", type=int, default=2, help="X Y X sequences for the long-range copy perplexity (0 = skip)")
+    ap.add_argument("--copy-len", type=int, default=128, help="tokens of X (the copied passage)")
     ap.add_argument("--n-batch", type=int, default=256)
     ap.add_argument("--window", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=8)
@@ -92,14 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     text = tasks.heldout_text()
     all_ids = counter_llm.tokenize(text.encode())
     ppl_tokens = [all_ids[i * args.context : (i + 1) * args.context] for i in range(args.ppl_seqs)]
+    copy_tokens = []
+    for i in range(args.copy_seqs):  # from held-out text after the perplexity sequences
+        o = (args.ppl_seqs + i) * args.context
+        x = all_ids[o : o + args.copy_len]
+        y = all_ids[o + args.copy_len : o + args.context - args.copy_len]
+        copy_tokens.append(x + y + x)
     counter_llm.close()
 
     rows = []
     for cfg in SETS[args.set]:
         for budget in (budgets if cfg.budgeted else [None]):
-            row = evaluate(cfg, model, budget, samples, ppl_tokens, args)
+            row = evaluate(cfg, model, budget, samples, ppl_tokens, args, copy_tokens)
             rows.append(row)
             print(f"{cfg.name:>30} budget {str(budget):>5}: acc {row['accuracy']:.3f} ppl {row['ppl']:8.3f} "
+                  f"copy ppl {row['copy_ppl']:8.3f} "
                   f"KV {row['kv_mib']:.2f} MiB ({row['seconds']:.0f}s)", flush=True)
 
     name = args.name or f"quality_{args.set}"
@@ -118,11 +138,14 @@ def _markdown(rows: list[dict], budgets: list[int], args: argparse.Namespace, mo
     lines = [f"# Quality vs KV budget ({model.name})", "",
              f"`python -m bench.quality --set {args.set}` — {len(rows)} runs; prompts of {args.context} tokens "
              f"({args.tasks}; depths {args.depths}; {args.per_depth} per task and depth); perplexity on {args.ppl_seqs} held-out "
-             f"sequences of {args.context} tokens streamed in chunks of {args.n_batch}; window {args.window}.", ""]
+             f"sequences of {args.context} tokens streamed in chunks of {args.n_batch}; long-range copy perplexity on the second X "
+             f"of {args.copy_seqs} held-out `X Y X` sequences ({args.copy_len}-token X, {args.context} tokens in all); window {args.window}.", ""]
     if full:
-        lines.append(f"Full cache: accuracy **{full['accuracy']:.3f}**, perplexity **{full['ppl']:.3f}**, KV {full['kv_mib']:.2f} MiB.")
+        lines.append(f"Full cache: accuracy **{full['accuracy']:.3f}**, perplexity **{full['ppl']:.3f}**, "
+                     f"copy perplexity **{full['copy_ppl']:.3f}**, KV {full['kv_mib']:.2f} MiB.")
         lines.append("")
     for metric, label, fmt in (("accuracy", "Retrieval accuracy", "{:.3f}"), ("ppl", "Held-out perplexity", "{:.3f}"),
+                               ("copy_ppl", "Long-range copy perplexity (second X of X Y X)", "{:.3f}"),
                                ("kv_mib", "KV MiB", "{:.2f}")):
         lines.append(f"## {label}")
         lines.append("")
@@ -141,17 +164,21 @@ def _plot(rows: list[dict], budgets: list[int], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     full = next((r for r in rows if r["budget"] is None), None)
     for c in dict.fromkeys(r["config"] for r in rows if r["budget"] is not None):
         rs = sorted((r for r in rows if r["config"] == c), key=lambda r: r["budget"])
         ax[0].plot([r["budget"] for r in rs], [r["accuracy"] for r in rs], "o-", label=c, ms=3)
         ax[1].plot([r["budget"] for r in rs], [r["ppl"] for r in rs], "o-", label=c, ms=3)
+        ax[2].plot([r["budget"] for r in rs], [r["copy_ppl"] for r in rs], "o-", label=c, ms=3)
     if full:
         ax[0].axhline(full["accuracy"], color="k", ls="--", lw=1, label="full cache")
         ax[1].axhline(full["ppl"], color="k", ls="--", lw=1, label="full cache")
+        ax[2].axhline(full["copy_ppl"], color="k", ls="--", lw=1, label="full cache")
     ax[0].set(xscale="log", xlabel="KV budget (tokens per layer)", ylabel="retrieval accuracy", title="retrieval")
     ax[1].set(xscale="log", yscale="log", xlabel="KV budget (tokens per layer)", ylabel="perplexity", title="held-out perplexity")
+    ax[2].set(xscale="log", yscale="log", xlabel="KV budget (tokens per layer)", ylabel="perplexity",
+              title="long-range copy perplexity (2nd X of X Y X)")
     for a in ax:
         a.grid(alpha=0.3)
     ax[0].legend(fontsize=7)
