@@ -36,6 +36,7 @@ from typing import Any
 from . import report
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ASSET = Path(__file__).resolve().parent.parent / "tappa_local" / "assets" / "tappa-mini"
 REPEATS = 2
 
 
@@ -66,7 +67,8 @@ def build_model(kind: str, model_path: str | None) -> tuple[Any, Any, str]:
             model = LlamaForCausalLM(cfg).to(torch.float32)
         return model.eval(), AutoTokenizer.from_pretrained(tiny.hf_dir), "llama-0.5b-random"
     assert model_path is not None
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(model_path), model_path
+    name = Path(model_path).name + (" (bundled)" if Path(model_path).resolve() == ASSET.resolve() else "")
+    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(model_path), name
 
 
 # --------------------------------------------------------------------------- one throughput run (subprocess)
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         plan += [("llama-0.5b", None, 2, 512, 1), ("llama-0.5b", None, 4, 512, 1), ("llama-0.5b", None, 1, 1024, 1)]
         stab += [("llama-0.5b", None, 8, 512)]
-    default_model = Path("tappa_local/assets/tappa-mini")
+    default_model = ASSET
     model = args.model or (str(default_model) if (default_model / "config.json").is_file() else None)
     if model:
         plan += [("path", model, 8, 512, 1)]
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                     "transformers": transformers.__version__, "python": platform.python_version(),
                     "torch_threads": args.threads, "load_average": os.getloadavg(),
-                    "note": "shared with a concurrent training job, so absolute speeds are pessimistic"},
+                    "note": f"load average {os.getloadavg()[0]:.1f} at the end; other jobs on the machine make absolute speeds pessimistic"},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "throughput": throughput,
         "stability": stability_results,

@@ -42,7 +42,7 @@ def _default_model() -> Path:
 def evaluate(cfg: Config, model: Path, budget: int | None, samples: list[tasks.TaskSample], ppl_tokens: list[list[int]],
              args: argparse.Namespace, copy_tokens: list[list[int]] = ()) -> dict:
     t0 = time.perf_counter()
-    runner = Runner(cfg, model, n_ctx=args.n_ctx, budget=budget, n_batch=args.n_batch, window=args.window,
+    runner = Runner(cfg, model, n_ctx=args.n_ctx, budget=budget, n_batch=args.n_batch, window=args.window, n_sink=args.n_sink,
                     threads=args.threads, logits_all=True)
     try:
         per: dict[str, list[int]] = {}
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--copy-len", type=int, default=128, help="tokens of X (the copied passage)")
     ap.add_argument("--n-batch", type=int, default=256)
     ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--n-sink", type=int, default=4,
+                    help="first tokens every layer keeps, for every policy and the public-API shift baseline (default %(default)s)")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None, help="report name (default quality_<set>)")
@@ -139,7 +141,7 @@ def _markdown(rows: list[dict], budgets: list[int], args: argparse.Namespace, mo
              f"`python -m bench.quality --set {args.set}` — {len(rows)} runs; prompts of {args.context} tokens "
              f"({args.tasks}; depths {args.depths}; {args.per_depth} per task and depth); perplexity on {args.ppl_seqs} held-out "
              f"sequences of {args.context} tokens streamed in chunks of {args.n_batch}; long-range copy perplexity on the second X "
-             f"of {args.copy_seqs} held-out `X Y X` sequences ({args.copy_len}-token X, {args.context} tokens in all); window {args.window}.", ""]
+             f"of {args.copy_seqs} held-out `X Y X` sequences ({args.copy_len}-token X, {args.context} tokens in all); window {args.window}, {args.n_sink} sink tokens.", ""]
     if full:
         lines.append(f"Full cache: accuracy **{full['accuracy']:.3f}**, perplexity **{full['ppl']:.3f}**, "
                      f"copy perplexity **{full['copy_ppl']:.3f}**, KV {full['kv_mib']:.2f} MiB.")

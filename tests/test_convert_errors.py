@@ -162,12 +162,22 @@ def test_failure_leaves_an_existing_output_untouched(annotated: Path, tmp_path: 
 def test_interrupt_leaves_no_output(tiny_llama: TinyModel, tmp_path: Path) -> None:
     """A real SIGINT / SIGTERM in the middle of a conversion: exit 130, no file, no scratch, no converter left."""
     prof = _profile(tiny_llama, tmp_path, "p")
+    # the tiny model converts in about a second, so a signal could arrive after the end: the pinned converter is
+    # held at start-up (a sitecustomize that only acts in that script) until the test has interrupted the run
+    stall = tmp_path / "stall"
+    stall.mkdir()
+    (stall / "sitecustomize.py").write_text(
+        "import sys, time\n"
+        "if any(a.endswith('convert_hf_to_gguf.py') for a in getattr(sys, 'orig_argv', ())):\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(stall), os.environ.get("PYTHONPATH")]))}
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = tmp_path / f"interrupted-{sig.name}.gguf"
         proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from tappa_convert.cli import main; sys.exit(main())",
              str(tiny_llama.hf_dir), "--profile", str(prof), "-o", str(out), "--outtype", "f32", "--no-progress"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         deadline = time.monotonic() + 60
         scratch: list[Path] = []
