@@ -20,6 +20,7 @@ Three measures per configuration:
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -92,7 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--name", default=None, help="report name (default quality_<set>)")
+    ap.add_argument("--render", type=Path, metavar="FILE.json",
+                    help="only re-write the Markdown and the plot of an earlier run's JSON (nothing is measured)")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        saved = argparse.Namespace(**data["args"])
+        budgets = [int(b) for b in saved.budgets.split(",")]
+        md = _markdown(data["rows"], budgets, saved, Path(data["model"]))
+        args.render.with_suffix(".md").write_text(md.rstrip() + "\n")
+        _plot(data["rows"], budgets, args.render.with_suffix(".png"))
+        print(f"re-rendered {args.render.with_suffix('.md')} and .png")
+        return 0
     args.n_ctx = args.context + 64
 
     model = args.model or _default_model()
@@ -141,10 +153,18 @@ def _markdown(rows: list[dict], budgets: list[int], args: argparse.Namespace, mo
              f"`python -m bench.quality --set {args.set}` — {len(rows)} runs; prompts of {args.context} tokens "
              f"({args.tasks}; depths {args.depths}; {args.per_depth} per task and depth); perplexity on {args.ppl_seqs} held-out "
              f"sequences of {args.context} tokens streamed in chunks of {args.n_batch}; long-range copy perplexity on the second X "
-             f"of {args.copy_seqs} held-out `X Y X` sequences ({args.copy_len}-token X, {args.context} tokens in all); window {args.window}, {args.n_sink} sink tokens.", ""]
+             f"of {args.copy_seqs} held-out `X Y X` sequences ({args.copy_len}-token X, {args.context} tokens in all); window {args.window}, {getattr(args, 'n_sink', 4)} sink tokens.", ""]
     if full:
         lines.append(f"Full cache: accuracy **{full['accuracy']:.3f}**, perplexity **{full['ppl']:.3f}**, "
                      f"copy perplexity **{full['copy_ppl']:.3f}**, KV {full['kv_mib']:.2f} MiB.")
+        lines.append("")
+    whole = [r for r in rows if r["budget"] is None]
+    if len(whole) > 1:  # caches that keep every token (full, quantized): one row each
+        lines += ["## Caches that keep every token", ""]
+        lines.append(report.markdown_table(
+            ["config", "accuracy", "perplexity", "copy perplexity", "KV MiB", "KV vs full"],
+            [[r["config"], f"{r['accuracy']:.3f}", f"{r['ppl']:.3f}", f"{r['copy_ppl']:.3f}", f"{r['kv_mib']:.2f}",
+              f"{r['kv_mib'] / full['kv_mib']:.2f}x" if full else ""] for r in whole]))
         lines.append("")
     for metric, label, fmt in (("accuracy", "Retrieval accuracy", "{:.3f}"), ("ppl", "Held-out perplexity", "{:.3f}"),
                                ("copy_ppl", "Long-range copy perplexity (second X of X Y X)", "{:.3f}"),
