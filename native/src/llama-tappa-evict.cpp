@@ -43,6 +43,24 @@ struct llama_kv_cache_tappa::layer_plan {
     bool evicts() const { return used > budget; }
 };
 
+// allocate, feed and run one of the eviction graphs; on failure the error names the graph
+static bool run_graph(llama_context * lctx, llm_graph_result * res, ggml_cgraph * gf, const char * what) {
+    auto * sched = lctx->get_sched();
+    if (!ggml_backend_sched_alloc_graph(sched, gf)) {
+        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, std::string("failed to allocate the ") + what + " graph");
+        LLAMA_LOG_ERROR("%s: tappa: failed to allocate the %s graph\n", __func__, what);
+        return false;
+    }
+    res->set_inputs(nullptr);
+    if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
+        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, std::string("failed to compute the ") + what + " graph");
+        LLAMA_LOG_ERROR("%s: tappa: failed to compute the %s graph\n", __func__, what);
+        return false;
+    }
+    ggml_backend_sched_synchronize(sched);
+    return true;
+}
+
 int64_t llama_kv_cache_tappa::evict(llama_context * lctx) {
     force_evict = false;
     const int64_t t0 = ggml_time_us();
@@ -192,18 +210,9 @@ bool llama_kv_cache_tappa::score_layers(llama_context * lctx, std::vector<layer_
     }
     res->add_input(std::move(inputs_owned));
 
-    if (!ggml_backend_sched_alloc_graph(sched, gf)) {
-        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to allocate the scoring graph");
-        LLAMA_LOG_ERROR("%s: tappa: failed to allocate the scoring graph\n", __func__);
+    if (!run_graph(lctx, res, gf, "scoring")) {
         return false;
     }
-    res->set_inputs(nullptr);
-    if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
-        llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to compute the scoring graph");
-        LLAMA_LOG_ERROR("%s: tappa: failed to compute the scoring graph\n", __func__);
-        return false;
-    }
-    ggml_backend_sched_synchronize(sched);
 
     stats.assign(layers.size() * 3, 0.0f);
     for (auto & pl : plans) {
@@ -382,19 +391,8 @@ bool llama_kv_cache_tappa::compact(llama_context * lctx, std::vector<layer_plan>
     }
     res->add_input(std::move(inputs_owned));
 
-    if (any) {
-        if (!ggml_backend_sched_alloc_graph(sched, gf)) {
-            llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to allocate the compaction graph");
-            LLAMA_LOG_ERROR("%s: tappa: failed to allocate the compaction graph\n", __func__);
-            return false;
-        }
-        res->set_inputs(nullptr);
-        if (lctx->graph_compute(gf, false) != GGML_STATUS_SUCCESS) {
-            llama_tappa_set_error(LLAMA_TAPPA_ERR_COMPUTE, "failed to compute the compaction graph");
-            LLAMA_LOG_ERROR("%s: tappa: failed to compute the compaction graph\n", __func__);
-            return false;
-        }
-        ggml_backend_sched_synchronize(sched);
+    if (any && !run_graph(lctx, res, gf, "compaction")) {
+        return false;
     }
 
     // the data moved; now the cells: slot s holds, in head h, the token of cell idx[h][s]
