@@ -178,6 +178,9 @@ def test_interrupt_leaves_no_output(tiny_llama: TinyModel, tmp_path: Path) -> No
             [sys.executable, "-c", "import sys; from tappa_convert.cli import main; sys.exit(main())",
              str(tiny_llama.hf_dir), "--profile", str(prof), "-o", str(out), "--outtype", "f32", "--no-progress"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            # a shell that starts a job in the background (`cmd &`, nohup) ignores SIGINT, and Python keeps an ignored
+            # SIGINT ignored: give the converter the default disposition a user's terminal gives it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 60
         scratch: list[Path] = []
