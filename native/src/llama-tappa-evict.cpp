@@ -43,6 +43,20 @@ struct llama_kv_cache_tappa::layer_plan {
     bool evicts() const { return used > budget; }
 };
 
+// an empty graph in the context's reserve graph result, on a reset scheduler
+struct tappa_graph {
+    llm_graph_result * res;
+    ggml_context     * ctx;
+    ggml_cgraph      * gf;
+};
+
+static tappa_graph begin_graph(llama_context * lctx) {
+    ggml_backend_sched_reset(lctx->get_sched());
+    auto * res = lctx->get_gf_res_reserve();
+    res->reset();
+    return { res, res->get_ctx(), res->get_gf() };
+}
+
 // allocate, feed and run one of the eviction graphs; on failure the error names the graph
 static bool run_graph(llama_context * lctx, llm_graph_result * res, ggml_cgraph * gf, const char * what) {
     auto * sched = lctx->get_sched();
@@ -157,12 +171,7 @@ bool llama_kv_cache_tappa::score_layers(llama_context * lctx, std::vector<layer_
     const uint32_t H = n_head_kv_;
     const float kq_scale = hp.f_attention_scale != 0.0f ? hp.f_attention_scale : 1.0f / std::sqrt((float) hp.n_embd_head_k(0));
 
-    auto * sched = lctx->get_sched();
-    ggml_backend_sched_reset(sched);
-    auto * res = lctx->get_gf_res_reserve();
-    res->reset();
-    ggml_context * ctx = res->get_ctx();
-    ggml_cgraph  * gf  = res->get_gf();
+    auto [res, ctx, gf] = begin_graph(lctx);
     auto inputs_owned = std::make_unique<llama_tappa_host_inputs>();
 
     for (auto & pl : plans) {
@@ -348,12 +357,7 @@ bool llama_kv_cache_tappa::compact(llama_context * lctx, std::vector<layer_plan>
         }
     }
 
-    auto * sched = lctx->get_sched();
-    ggml_backend_sched_reset(sched);
-    auto * res = lctx->get_gf_res_reserve();
-    res->reset();
-    ggml_context * ctx = res->get_ctx();
-    ggml_cgraph  * gf  = res->get_gf();
+    auto [res, ctx, gf] = begin_graph(lctx);
     auto inputs_owned = std::make_unique<llama_tappa_host_inputs>();
     bool any = false;
 
@@ -445,12 +449,8 @@ double llama_kv_cache_tappa::time_qsim(llama_context * lctx, int32_t n_iter) {
     const uint32_t W = (uint32_t) q_pos.size();
     double total_us = 0.0;
     for (int32_t it = 0; it < n_iter; ++it) {
+        auto [res, ctx, gf] = begin_graph(lctx);
         auto * sched = lctx->get_sched();
-        ggml_backend_sched_reset(sched);
-        auto * res = lctx->get_gf_res_reserve();
-        res->reset();
-        ggml_context * ctx = res->get_ctx();
-        ggml_cgraph  * gf  = res->get_gf();
         std::vector<ggml_tensor *> outs;
         for (const auto & st : layers) {
             const int64_t D = hp.n_embd_head_k(st.il), H = hp.n_head(st.il);
