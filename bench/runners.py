@@ -63,6 +63,7 @@ ALTERNATIVES: tuple[Config, ...] = (
     Config("llama.cpp KV q4_0", "quant", kv_type="q4_0"),
     Config("llama.cpp shift (public API)", "shift"),
     Config("tappa SnapKV TAPPA", "tappa", scorer="snapkv", allocation="tappa"),
+    Config("tappa EA TAPPA", "tappa", scorer="expected_attention", allocation="tappa"),
 )
 
 

@@ -32,7 +32,7 @@ class DefaultRecipe:
     calib_window: int = 32
     kv_budget: int = 256  # default average tokens kept per layer, stored as tappa.budget.total
     window: int = 32
-    n_sink: int = 16  # tappa-mini's attention sink spans the first tokens of its prompts; 4 loses it
+    n_sink: int = 16  # the earlier tappa-mini's sink spanned its prompt header (4 lost it, commit d109d49); harmless now
     allocation: str = "tappa"
     version: int = 1
 

@@ -118,7 +118,7 @@ def test_full_cache_passkey_reproduces_the_model_card() -> None:
     n_got = sum(d["raw_correct"] for d in got["tasks"]["passkey"]["depths"].values())
     # greedy decoding is deterministic; one flip is allowed for another CPU's kernels
     assert abs(n_got - n_want) <= 1, (n_got, n_want)
-    assert n_got >= 0.3 * n, "passkey retrieval far below the committed model's"
+    assert n_got >= 0.9 * n, "passkey retrieval below the card's target (90%)"
 
 
 def test_chat_completion_follows_the_trained_format(llm: Any) -> None:

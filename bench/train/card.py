@@ -63,6 +63,26 @@ def retrieval_table(ev: dict[str, Any], ctx: str) -> str:
     return "\n".join(rows)
 
 
+def _supervision(tc: dict[str, Any]) -> str:
+    """The attention-supervision terms of the loss, in words (empty when the recipe has none)."""
+    parts = []
+    if tc.get("copy_weight", 0) > 0:
+        parts.append(
+            f"{tc['copy_weight']:g} x the mean -log attention of head {tc['copy_head']} of layer "
+            f"{tc['copy_layer'] % tc['model']['num_layers']} on the source token of every copied token (answer digits, repeats)"
+        )
+    heads = tc.get("prev_heads")
+    if heads is None and "prev_layer" in tc:  # older schema: one previous-token head
+        heads = [(tc["prev_layer"], tc["prev_head"], 1)]
+    if tc.get("prev_weight", 0) > 0 and heads:
+        desc = ", ".join(f"L{l}H{h}: {k} back" for l, h, k in heads)
+        parts.append(f"{tc['prev_weight']:g} x the same for offset heads that attend a fixed distance back ({desc})")
+    if not parts:
+        return ""
+    return (" + " + "; + ".join(parts) + ". These are training signals only (the architecture is the stock Llama one): "
+            "they shortcut the long plateau before a small model finds induction / retrieval heads by itself")
+
+
 RETRIEVAL_TARGET = 0.9  # the project's target for full-cache retrieval at the trained context
 
 
@@ -84,7 +104,9 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
     at_trained = ev["retrieval"].get(trained) or ev["retrieval"][ctxs[-1]]
     per_task = {name: t["raw_accuracy"] for name, t in at_trained["tasks"].items()}
     mean_acc = sum(per_task.values()) / max(len(per_task), 1)
-    met = mean_acc >= RETRIEVAL_TARGET
+    reached = [k for k, v in per_task.items() if v >= RETRIEVAL_TARGET]
+    missed = [k for k, v in per_task.items() if v < RETRIEVAL_TARGET]
+    met = not missed
     task_list = ", ".join(f"{k} {_pct(v)}" for k, v in per_task.items())
     resumed = int(metrics.get("resumed_from_step") or 0)
     before, left = 0, resumed  # tokens trained before the resume (not part of this run's wall time)
@@ -103,9 +125,10 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
         f"real perplexity; trained context {trained} tokens. It is meant for tests, demos and KV-cache-compression",
         "benchmarks, not as a useful assistant: it knows Python-stdlib-flavoured text, nothing else.",
         "",
-        f"**Full-cache retrieval at {at_trained['ctx']} tokens: {_pct(mean_acc)} averaged over the tasks ({task_list}). "
-        + (f"The project's target ({_pct(RETRIEVAL_TARGET)}) is met.**" if met else
-           f"The project's target ({_pct(RETRIEVAL_TARGET)}) is NOT met** — see Limitations."),
+        f"**Full-cache retrieval at {at_trained['ctx']} tokens (its trained context): {task_list} (mean {_pct(mean_acc)}). "
+        + (f"The project's target ({_pct(RETRIEVAL_TARGET)}) is met on every task.**" if met else
+           f"The project's target ({_pct(RETRIEVAL_TARGET)}) is met on {', '.join(reached) or 'no task'}, "
+           f"NOT on {', '.join(missed)}** — see Limitations."),
         "",
         "## Architecture",
         "",
@@ -143,7 +166,8 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
         "  * `var` - `name = 4821` lines inserted into source code with distractors, ending in `print(name)  # ->`.",
         "  Depth uniform in [0, 1] (plus 10% exactly at the ends), 3-7 / 3-6 / 2-6 digit values. "
         f"{_pct(d['p_chat'])} of the task sequences are in the chat format below ({_pct(d['p_system'])} of those with a system message).",
-        f"  Loss: mean token cross-entropy + {tc['answer_weight']:g} x mean cross-entropy of the answer tokens.",
+        f"  Loss: mean token cross-entropy + {tc['answer_weight']:g} x mean cross-entropy of the answer tokens"
+        + _supervision(tc) + ".",
         "",
         "## Tokenizer",
         "",
@@ -172,7 +196,8 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
         "",
         f"* {metrics['steps']} steps, {total_tok:,} tokens, AdamW (betas {tuple(tc['betas'])}, weight decay {tc['weight_decay']}), "
         f"peak LR {tc['lr']:g} with {tc['warmup_steps']} warmup steps and cosine decay to {tc['min_lr_ratio']:g}x, grad clip {tc['grad_clip']}, "
-        f"fp32, seed {tc['seed']}.",
+        f"fp32, seed {tc['seed']}"
+        + (f"; this schedule (warmup and decay) restarted at step {tc['schedule_origin']}." if tc.get("schedule_origin") else "."),
         f"* Wall time {metrics['wall_time_s'] / 60:.1f} min (training loop {dt / 60:.1f} min, {(total_tok - before) / dt:,.0f} tokens/s on average) on "
         f"{hw['cpu']} with {hw['threads']} torch threads ({hw['device']}), torch {hw['torch']}; the machine's 2 cores were shared with other work."
         + (f" This run resumed at step {resumed} from a saved state, so the wall time covers steps {resumed}-{metrics['steps']} only." if resumed else ""),
@@ -244,13 +269,17 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
         "",
         "* Tiny and trained on ~" + f"{total_tok / 1e6:.0f}M tokens of Python source: its free-form text is stdlib-like babble.",
         ("* Retrieval works only in the trained formats (the three tasks above) and up to the trained context;" if met else
-         f"* Retrieval is weak ({task_list} at {at_trained['ctx']} tokens, full cache): the model is undertrained for exact "
-         "copying of multi-digit values — at the end of training it got "
-         f"{_pct(final.get('answer_token_acc', float('nan')))} of answer *digits* right, which rarely makes all of them "
-         "right. More steps at long context is the obvious next step. Benchmarks on it compare KV policies mainly by "
-         "perplexity and the passkey task; their absolute accuracies say little."),
+         "* Retrieval is below the target on "
+         + ", ".join(f"{k} ({_pct(v)})" for k, v in per_task.items() if v < RETRIEVAL_TARGET)
+         + f" at {at_trained['ctx']} tokens, full cache: an answer counts only when every digit is right, and at the end "
+         f"of training the model got {_pct(final.get('answer_token_acc', float('nan')))} of answer *digits* right. "
+         "More steps at long context is the obvious next step. Benchmarks on it compare KV policies by "
+         "perplexity and by the tasks it does solve."),
         "* RoPE positions up to `max_position_embeddings` work mechanically but were not trained beyond " + trained + " tokens.",
-        "* Chat: single-turn retrieval questions only.",
+        "* Chat: single-turn retrieval questions only"
+        + (" (through the chat template at " + at_trained["ctx"].__str__() + " tokens: "
+           + ", ".join(f"{k} {_pct(t['chat_accuracy'])}" for k, t in at_trained["tasks"].items() if "chat_accuracy" in t)
+           + "; the raw prompt is the reliable form)." if any("chat_accuracy" in t for t in at_trained["tasks"].values()) else "."),
         "",
     ]
     return "\n".join(lines)

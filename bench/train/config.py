@@ -42,13 +42,13 @@ class DataConfig:
     #: "A B A" sequences of corpus text (the second A is predictable only by looking back)
     p_repeat: float = 0.1
     #: random-token sequences repeated ("R R' ..."): the fastest way to grow induction heads
-    p_random_repeat: float = 0.2
+    p_random_repeat: float = 0.15
     #: random-repeat pieces are drawn from this many token ids (small = every piece is seen often)
     random_repeat_alphabet: int = 512
     #: the rest are retrieval tasks; raw kv / var samples ask up to this many further questions
     max_extra_queries: int = 3
     #: relative weights of the retrieval tasks
-    task_weights: tuple[tuple[str, float], ...] = (("passkey", 1.0), ("kv", 1.0), ("var", 1.0))
+    task_weights: tuple[tuple[str, float], ...] = (("passkey", 1.0), ("kv", 1.5), ("var", 1.5))
     #: share of retrieval samples rendered in the chat format (answer ends with ``</s>``)
     p_chat: float = 0.3
     #: share of chat samples that carry a system message
@@ -83,10 +83,14 @@ class TrainConfig:
     copy_weight: float = 1.0
     copy_layer: int = -1
     copy_head: int = 0
-    #: the same for a previous-token head (every position attends to the one before it)
+    #: the same for offset heads: ``(layer, head, k)`` = that head attends to the token ``k`` back.
+    #: One per query head of layer 0 gives every position its last 6 tokens as separate features,
+    #: so later heads can match a multi-token key ("fancy-table: ", "key is ") and not just one token.
     prev_weight: float = 1.0
-    prev_layer: int = 0
-    prev_head: int = 0
+    prev_heads: tuple[tuple[int, int, int], ...] = ((0, 0, 1), (0, 1, 2), (0, 2, 3), (0, 3, 4), (0, 4, 5), (0, 5, 6))
+    #: the LR schedule (warmup + cosine) starts at this step; a resumed run with ``--rewarm`` sets it
+    #: to the step it resumed at, so the continuation gets a fresh warmup and decay
+    schedule_origin: int = 0
     threads: int = 2
     log_every: int = 10
     #: also save the resumable state every this many steps
@@ -112,10 +116,24 @@ class TrainConfig:
         d["data"] = DataConfig(**dd)
         d["phases"] = tuple(Phase(**p) for p in d["phases"])
         d["betas"] = tuple(d["betas"])
+        if "prev_layer" in d:  # schema before offset heads: one previous-token head
+            d["prev_heads"] = ((int(d.pop("prev_layer")), int(d.pop("prev_head")), 1),)
+        d["prev_heads"] = tuple(tuple(int(x) for x in h) for h in d.get("prev_heads", ()))
         return TrainConfig(**d)
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2)
+
+
+def parse_heads(spec: str) -> tuple[tuple[int, int, int], ...]:
+    """``"0:0:1,0:1:2"`` -> offset heads (layer:head:offset); ``""`` -> none."""
+    out = []
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        layer, head, k = (int(x) for x in part.split(":"))
+        if k < 1:
+            raise ValueError(f"offset head {part!r}: the offset must be >= 1")
+        out.append((layer, head, k))
+    return tuple(out)
 
 
 def parse_phases(spec: str) -> tuple[Phase, ...]:

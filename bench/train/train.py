@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.train.config import TrainConfig, parse_phases
+from bench.train.config import TrainConfig, parse_heads, parse_phases
 
 log = logging.getLogger("tappa-mini")
 
@@ -64,10 +64,12 @@ def build_model(cfg: TrainConfig) -> Any:
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    """Linear warmup, then cosine decay to ``min_lr_ratio * lr`` at the last step (both counted
+    from ``schedule_origin``)."""
+    step -= cfg.schedule_origin
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.warmup_steps)
+    frac = (step - cfg.warmup_steps) / max(1, cfg.total_steps - cfg.schedule_origin - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
@@ -243,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a numeric recipe field, e.g. answer_weight=1 or data.p_lm=0.2 (repeatable)")
     ap.add_argument("--resume", action="store_true", help="continue from <run-dir>/state.pt if present")
+    ap.add_argument("--rewarm", action="store_true",
+                    help="with --resume: restart the LR schedule (warmup + cosine) at the resumed step")
+    ap.add_argument("--prev-heads", type=str, default=None, metavar="L:H:K,...",
+                    help="offset-head supervision: head H of layer L attends K tokens back (default: the recipe's; '' = none)")
     ap.add_argument("--show-samples", type=int, default=0, help="print the tail of N sequences of step 0 and exit")
     args = ap.parse_args(argv)
 
@@ -256,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = dataclasses.replace(cfg, seed=args.seed)
     if args.threads is not None:
         cfg = dataclasses.replace(cfg, threads=args.threads)
+    if args.prev_heads is not None:
+        cfg = dataclasses.replace(cfg, prev_heads=parse_heads(args.prev_heads))
     for item in args.set:
         cfg = apply_override(cfg, item)
 
@@ -323,7 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         start = int(st["step"])
-        log.info("resumed at step %d", start)
+        if args.rewarm:
+            cfg = dataclasses.replace(cfg, schedule_origin=start)
+        if start >= cfg.total_steps:
+            raise SystemExit(f"the saved state is at step {start}, the curriculum has only {cfg.total_steps} steps")
+        log.info("resumed at step %d%s", start, " (LR schedule restarted)" if args.rewarm else "")
     elif metrics_path.exists():
         metrics_path.unlink()
     (run / "config.json").write_text(cfg.dumps())
@@ -333,15 +345,17 @@ def main(argv: list[str] | None = None) -> int:
     tokens_seen = sum(p.batch * p.seq_len * min(p.steps, max(0, start - sum(q.steps for q in cfg.phases[:i])))
                       for i, p in enumerate(cfg.phases))  # fmt: skip
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    copy_probe = prev_probe = None
+    copy_probe = None
+    prev_probes: list[tuple[int, HeadProbe]] = []
     if cfg.copy_weight > 0:
         layer = cfg.copy_layer % cfg.model.num_layers
         copy_probe = HeadProbe(model, layer, cfg.copy_head, "copy")
         log.info("copy-head supervision on layer %d head %d (weight %g)", layer, cfg.copy_head, cfg.copy_weight)
     if cfg.prev_weight > 0:
-        layer = cfg.prev_layer % cfg.model.num_layers
-        prev_probe = HeadProbe(model, layer, cfg.prev_head, "prev")
-        log.info("previous-token-head supervision on layer %d head %d (weight %g)", layer, cfg.prev_head, cfg.prev_weight)
+        for layer, head, k in cfg.prev_heads:
+            layer %= cfg.model.num_layers
+            prev_probes.append((k, HeadProbe(model, layer, head, "prev")))
+            log.info("offset-head supervision: layer %d head %d attends %d back (weight %g)", layer, head, k, cfg.prev_weight)
     window: list[dict[str, float]] = []
     t_train = time.time()
     t_last, tok_last = t_train, 0
@@ -367,14 +381,21 @@ def main(argv: list[str] | None = None) -> int:
             if closs is not None:
                 loss = loss + cfg.copy_weight * closs
                 stats.update(cstats)
-        if prev_probe is not None:
-            # every 4th real position (all of them would only cost time) attends to the one before
+        if prev_probes:
+            # every 4th real position (all of them would only cost time) attends to the one k back
             t = phase.seq_len
-            prev = np.where((np.arange(t) % 4 == 1) & (batch.labels != -100), np.arange(t) - 1, -1)
-            ploss, pstats = prev_probe.loss(torch.from_numpy(prev).to(device))
-            if ploss is not None:
-                loss = loss + cfg.prev_weight * ploss
-                stats.update(pstats)
+            pos = np.arange(t)
+            plosses, pstats_all = [], []
+            for k, probe in prev_probes:
+                prev = np.where((pos % 4 == k % 4) & (pos >= k) & (batch.labels != -100), pos - k, -1)
+                ploss, pstats = probe.loss(torch.from_numpy(prev).to(device))
+                if ploss is not None:
+                    plosses.append(ploss)
+                    pstats_all.append(pstats)
+            if plosses:
+                loss = loss + cfg.prev_weight * torch.stack(plosses).mean()
+                stats["prev_loss"] = float(np.mean([p["prev_loss"] for p in pstats_all]))
+                stats["prev_acc"] = float(np.mean([p["prev_acc"] for p in pstats_all]))
         stats["loss"] = loss.item()
         opt.zero_grad(set_to_none=True)
         loss.backward()
