@@ -277,7 +277,7 @@ def card(model_dir: Path, metrics: dict[str, Any], ev: dict[str, Any], notes: li
          "perplexity and by the tasks it does solve."),
         "* RoPE positions up to `max_position_embeddings` work mechanically but were not trained beyond " + trained + " tokens.",
         "* Chat: single-turn retrieval questions only"
-        + (" (through the chat template at " + at_trained["ctx"].__str__() + " tokens: "
+        + (" (through the chat template at " + str(at_trained["ctx"]) + " tokens: "
            + ", ".join(f"{k} {_pct(t['chat_accuracy'])}" for k, t in at_trained["tasks"].items() if "chat_accuracy" in t)
            + "; the raw prompt is the reliable form)." if any("chat_accuracy" in t for t in at_trained["tasks"].values()) else "."),
         "",
