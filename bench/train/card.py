@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.train import chat, plot
+from bench.train.config import TrainConfig
 
 
 def loss_png(metrics: dict[str, Any]) -> bytes:
@@ -71,9 +72,7 @@ def _supervision(tc: dict[str, Any]) -> str:
             f"{tc['copy_weight']:g} x the mean -log attention of head {tc['copy_head']} of layer "
             f"{tc['copy_layer'] % tc['model']['num_layers']} on the source token of every copied token (answer digits, repeats)"
         )
-    heads = tc.get("prev_heads")
-    if heads is None and "prev_layer" in tc:  # older schema: one previous-token head
-        heads = [(tc["prev_layer"], tc["prev_head"], 1)]
+    heads = TrainConfig.from_json(tc).prev_heads  # also maps the older one-head schema
     if tc.get("prev_weight", 0) > 0 and heads:
         desc = ", ".join(f"L{l}H{h}: {k} back" for l, h, k in heads)
         parts.append(f"{tc['prev_weight']:g} x the same for offset heads that attend a fixed distance back ({desc})")
